@@ -1,0 +1,42 @@
+//! Inference latency of the published architecture (k = 7, 7 classes) at 224x224, batch 1
+//! and 8, on each enabled CPU backend.
+//!
+//! `cargo bench --bench forward --features ndarray` (flex is on by default).
+
+use adcorre::model::AdCorreNetConfig;
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::time::Duration;
+
+fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
+    let device = B::Device::default();
+    let net = AdCorreNetConfig::new().init::<B>(&device);
+    let mut group = c.benchmark_group(format!("forward_224/{name}"));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(10));
+    for batch in [1usize, 8] {
+        let images =
+            Tensor::<B, 4>::random([batch, 3, 224, 224], Distribution::Uniform(0.0, 1.0), &device);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::new("batch", batch), &images, |b, images| {
+            b.iter(|| {
+                let out = net.forward(images.clone());
+                // Read back so lazy/async backends finish the work inside the timing.
+                out.logits.into_data()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn forward(c: &mut Criterion) {
+    #[cfg(feature = "flex")]
+    bench_backend::<adcorre::backend::Flex>(c, "flex");
+    #[cfg(feature = "ndarray")]
+    bench_backend::<adcorre::backend::NdArray>(c, "ndarray");
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);

@@ -1,0 +1,37 @@
+//! Backend selection: the only place that names concrete Burn backends.
+//!
+//! Everything else in the crate is generic over `B: Backend`. The cargo features pick
+//! which backends exist: `flex` (default, Burn's fast CPU backend), `ndarray`, `cuda`.
+
+#[cfg(not(any(feature = "flex", feature = "ndarray")))]
+compile_error!("adcorre needs a CPU backend: enable the `flex` (default) or `ndarray` feature");
+
+/// Burn's `flex` CPU backend (f32).
+#[cfg(feature = "flex")]
+pub type Flex = burn::backend::Flex;
+
+/// Burn's `ndarray` CPU backend (f32).
+#[cfg(feature = "ndarray")]
+pub type NdArray = burn::backend::NdArray;
+
+/// The default CPU backend: `flex` when enabled (the fastest measured), else `ndarray`.
+#[cfg(feature = "flex")]
+pub type Cpu = Flex;
+/// The default CPU backend: `flex` when enabled (the fastest measured), else `ndarray`.
+#[cfg(all(not(feature = "flex"), feature = "ndarray"))]
+pub type Cpu = NdArray;
+
+/// The CUDA backend (libraries are loaded at run time; building needs no CUDA toolkit).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// A backend with automatic differentiation, for training.
+pub type Autodiff<B> = burn::backend::Autodiff<B>;
+
+/// The default CPU training backend.
+pub type CpuAutodiff = Autodiff<Cpu>;
+
+/// The device of the default CPU backend.
+pub fn cpu_device() -> burn::tensor::Device<Cpu> {
+    Default::default()
+}

@@ -1,0 +1,72 @@
+//! The crate's error type: every failure a caller can cause is a typed, named error.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `adcorre`, with enough context to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum AdCorreError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model file exists but is not a usable adcorre model (truncated, corrupt or foreign).
+    #[error("{path} is not a valid adcorre model file: {reason}")]
+    InvalidModelFile {
+        /// The model file.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A tensor or array does not have the shape an operation needs.
+    #[error("wrong shape for {what}: expected {expected}, got {got:?}")]
+    Shape {
+        /// Which input was wrong.
+        what: String,
+        /// The shape that was needed, in words.
+        expected: String,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A label is outside the classes the model or dataset knows.
+    #[error("unknown label {label} (valid labels: 0..{num_classes})")]
+    UnknownLabel {
+        /// The label given.
+        label: i64,
+        /// How many classes there are.
+        num_classes: usize,
+    },
+    /// A loss or metric became NaN or infinite.
+    #[error("non-finite value in {0}")]
+    NonFinite(String),
+    /// An array file (.npy / .npz) could not be decoded.
+    #[error("{path}: cannot read array '{name}': {reason}")]
+    Array {
+        /// The file.
+        path: PathBuf,
+        /// The array inside the file.
+        name: String,
+        /// The decoder's message.
+        reason: String,
+    },
+}
+
+/// Shorthand for results whose error is [`AdCorreError`].
+pub type Result<T> = std::result::Result<T, AdCorreError>;
+
+impl AdCorreError {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

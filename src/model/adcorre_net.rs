@@ -1,0 +1,203 @@
+//! The Ad-Corre network: Xception, global average pooling, k L2-normalised embedding heads,
+//! concatenation, dropout and a linear classifier.
+
+use burn::module::{ModuleVisitor, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+use super::heads::{concat_heads, EmbeddingHeads, EmbeddingHeadsConfig};
+use super::xception::{Xception, XceptionConfig, MIN_INPUT_SIZE};
+use crate::error::AdCorreError;
+
+/// Configuration of [`AdCorreNet`]. Defaults are the published models: Keras Xception,
+/// k = 7 heads of 256, 7 classes, dropout 0.5.
+#[derive(Config, Debug, PartialEq)]
+pub struct AdCorreNetConfig {
+    /// The backbone.
+    #[config(default = "XceptionConfig::new()")]
+    pub backbone: XceptionConfig,
+    /// Number of embedding heads k (7 published; the release's config says 10).
+    #[config(default = 7)]
+    pub num_heads: usize,
+    /// Width of each embedding.
+    #[config(default = 256)]
+    pub embedding_dim: usize,
+    /// Number of expression classes (7, or 8 for AffectNet-8 with Contempt).
+    #[config(default = 7)]
+    pub num_classes: usize,
+    /// Dropout probability on the concatenated embeddings (training only).
+    #[config(default = 0.5)]
+    pub dropout: f64,
+}
+
+impl AdCorreNetConfig {
+    /// Checks that the configuration describes a buildable network.
+    pub fn validate(&self) -> crate::Result<()> {
+        self.backbone.validate()?;
+        if self.num_heads == 0 || self.embedding_dim == 0 {
+            return Err(AdCorreError::Config(format!(
+                "need at least one head of at least one feature, got {} heads of {}",
+                self.num_heads, self.embedding_dim
+            )));
+        }
+        if self.num_classes < 2 {
+            return Err(AdCorreError::Config(format!(
+                "need at least 2 classes, got {}",
+                self.num_classes
+            )));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(AdCorreError::Config(format!(
+                "dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds the network on `device` after validating the configuration.
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> crate::Result<AdCorreNet<B>> {
+        self.validate()?;
+        Ok(self.init(device))
+    }
+
+    /// Builds the network on `device` with freshly initialised weights (panics on an invalid
+    /// configuration; see [`AdCorreNetConfig::try_init`]).
+    ///
+    /// The weights are materialised here: Burn initialises parameters lazily, and clones of a
+    /// lazy module would each draw their own random weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> AdCorreNet<B> {
+        let net = self.init_lazy(device);
+        materialize(&net);
+        net
+    }
+
+    /// Builds the network with lazily initialised parameters, for loading weights into it.
+    pub(crate) fn init_lazy<B: Backend>(&self, device: &B::Device) -> AdCorreNet<B> {
+        let backbone = self.backbone.init(device);
+        let heads = EmbeddingHeadsConfig::new(self.backbone.out_features())
+            .with_num_heads(self.num_heads)
+            .with_embedding_dim(self.embedding_dim)
+            .init(device);
+        AdCorreNet {
+            backbone,
+            heads,
+            dropout: DropoutConfig::new(self.dropout).init(),
+            classifier: LinearConfig::new(self.num_heads * self.embedding_dim, self.num_classes)
+                .init(device),
+            in_channels: self.backbone.in_channels,
+        }
+    }
+}
+
+/// The Ad-Corre network.
+#[derive(Module, Debug)]
+pub struct AdCorreNet<B: Backend> {
+    /// Xception feature extractor.
+    pub backbone: Xception<B>,
+    /// The k L2-normalised embedding heads.
+    pub heads: EmbeddingHeads<B>,
+    /// Dropout on the concatenated embeddings (active only on autodiff backends).
+    pub dropout: Dropout,
+    /// Linear classifier `[k * dim] -> [classes]` (Keras layer `out`, softmax applied apart).
+    pub classifier: Linear<B>,
+    /// Expected input channels.
+    pub in_channels: usize,
+}
+
+/// What the network computes for a batch.
+#[derive(Debug, Clone)]
+pub struct AdCorreOutput<B: Backend> {
+    /// Class scores before softmax, `[batch, classes]`.
+    pub logits: Tensor<B, 2>,
+    /// The k unit-norm embeddings, `[k, batch, dim]` (head-major, as the loss consumes them).
+    pub embeddings: Tensor<B, 3>,
+}
+
+impl<B: Backend> AdCorreOutput<B> {
+    /// Softmax class probabilities, `[batch, classes]`.
+    pub fn probabilities(&self) -> Tensor<B, 2> {
+        softmax(self.logits.clone(), 1)
+    }
+}
+
+impl<B: Backend> AdCorreNet<B> {
+    /// Images `[batch, 3, h, w]`, RGB in [0, 1] (the release feeds [0, 1], not Xception's
+    /// [-1, 1]) -> logits `[batch, classes]` and embeddings `[k, batch, dim]`.
+    ///
+    /// Panics (inside Burn) on a wrong channel count or an image smaller than 7x7; use
+    /// [`AdCorreNet::check_input`] first where the input comes from outside.
+    pub fn forward(&self, images: Tensor<B, 4>) -> AdCorreOutput<B> {
+        let embeddings = self.embed(images);
+        let features = self.dropout.forward(concat_heads(embeddings.clone()));
+        AdCorreOutput {
+            logits: self.classifier.forward(features),
+            embeddings,
+        }
+    }
+
+    /// Images `[batch, 3, h, w]` -> unit-norm embeddings `[k, batch, dim]`.
+    pub fn embed(&self, images: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.heads.forward(self.pooled_features(images))
+    }
+
+    /// Images `[batch, 3, h, w]` -> globally average-pooled backbone features `[batch, 2048]`.
+    pub fn pooled_features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        global_average_pool(self.backbone.forward(images))
+    }
+
+    /// Images `[batch, 3, h, w]` -> softmax probabilities `[batch, classes]`.
+    pub fn probabilities(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward(images).probabilities()
+    }
+
+    /// Checks an input shape `[batch, channels, h, w]` before [`AdCorreNet::forward`].
+    pub fn check_input(&self, dims: [usize; 4]) -> crate::Result<()> {
+        let [batch, channels, height, width] = dims;
+        if batch == 0
+            || channels != self.in_channels
+            || height < MIN_INPUT_SIZE
+            || width < MIN_INPUT_SIZE
+        {
+            return Err(AdCorreError::Shape {
+                what: "network input".into(),
+                expected: format!(
+                    "[batch >= 1, {}, h >= {MIN_INPUT_SIZE}, w >= {MIN_INPUT_SIZE}]",
+                    self.in_channels
+                ),
+                got: dims.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Number of heads k.
+    pub fn num_heads(&self) -> usize {
+        self.heads.num_heads
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.classifier.weight.dims()[1]
+    }
+}
+
+/// Forces every lazily initialised parameter of `module` to take its value now.
+pub fn materialize<B: Backend, M: Module<B>>(module: &M) {
+    struct Materializer;
+    impl<B: Backend> ModuleVisitor<B> for Materializer {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let _ = param.val();
+        }
+    }
+    module.visit(&mut Materializer);
+}
+
+/// `[batch, c, h, w]` -> `[batch, c]`, the mean over the spatial positions.
+pub fn global_average_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [batch, channels, height, width] = x.dims();
+    x.reshape([batch, channels, height * width])
+        .mean_dim(2)
+        .reshape([batch, channels])
+}

@@ -1,0 +1,179 @@
+//! Saving and loading a network together with everything needed to use it right: its
+//! architecture, the input size and value range it expects, and its class order.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use serde::{Deserialize, Serialize};
+
+use super::adcorre_net::{AdCorreNet, AdCorreNetConfig, AdCorreNetRecord};
+use crate::atomic_file::write_atomically;
+use crate::data::Expression;
+use crate::error::{AdCorreError, Result};
+
+/// Identifies the file format; bumped on incompatible changes.
+pub const MODEL_FORMAT: &str = "adcorre-model/1";
+
+/// What a saved model carries besides its weights (like timm's per-checkpoint config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// The architecture, enough to rebuild the network.
+    pub network: AdCorreNetConfig,
+    /// Side of the square input images, in pixels (224 for the published models).
+    pub input_size: usize,
+    /// Range of the input values (the release feeds [0, 1]).
+    pub value_range: [f32; 2],
+    /// Channel order of the input ("RGB").
+    pub channel_order: String,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
+    /// Where the weights came from (training run, imported file, ...), free text.
+    pub source: String,
+}
+
+impl ModelCard {
+    /// A card with the release's conventions: 224x224 RGB in [0, 1], the release's class order.
+    pub fn new(network: AdCorreNetConfig) -> Self {
+        let class_names = (0..network.num_classes)
+            .map(|label| match Expression::from_label(label) {
+                Some(expression) => expression.name().to_string(),
+                None => format!("class_{label}"),
+            })
+            .collect();
+        Self {
+            network,
+            input_size: 224,
+            value_range: [0.0, 1.0],
+            channel_order: "RGB".to_string(),
+            class_names,
+            source: String::new(),
+        }
+    }
+
+    /// Sets the input size.
+    pub fn with_input_size(mut self, input_size: usize) -> Self {
+        self.input_size = input_size;
+        self
+    }
+
+    /// Sets the provenance text.
+    pub fn with_source(mut self, source: impl Into<String>) -> Self {
+        self.source = source.into();
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.network.validate()?;
+        if self.class_names.len() != self.network.num_classes {
+            return Err(AdCorreError::Config(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.network.num_classes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The serialised form: format tag, card as JSON, weights.
+type FileRecord<B> = (String, String, AdCorreNetRecord<B>);
+
+type ModelRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// Serialises a network and its card to bytes (named MessagePack, f32).
+pub fn model_to_bytes<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard) -> Result<Vec<u8>> {
+    card.validate()?;
+    let card_json = serde_json::to_string(card)
+        .map_err(|err| AdCorreError::Config(format!("cannot serialise model card: {err}")))?;
+    let record: FileRecord<B> = (MODEL_FORMAT.to_string(), card_json, model.clone().into_record());
+    Recorder::<B>::record(&ModelRecorder::default(), record, ())
+        .map_err(|err| AdCorreError::Config(format!("cannot serialise model: {err}")))
+}
+
+/// Saves a network and its card to `path` (conventionally `.mpk`), atomically.
+pub fn save_model<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard, path: &Path) -> Result<()> {
+    write_atomically(path, &model_to_bytes(model, card)?)
+}
+
+/// Loads a network saved by [`save_model`] from `path`; needs nothing but the file.
+pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+    let bytes = std::fs::read(path).map_err(|err| AdCorreError::io(path, err))?;
+    model_from_bytes(bytes, device).map_err(|reason| AdCorreError::InvalidModelFile {
+        path: path.to_path_buf(),
+        reason,
+    })
+}
+
+/// Decodes a network from the bytes of [`model_to_bytes`]; the error is the reason in words.
+pub fn model_from_bytes<B: Backend>(
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> std::result::Result<(AdCorreNet<B>, ModelCard), String> {
+    let (format, card_json, record): FileRecord<B> =
+        Recorder::<B>::load(&ModelRecorder::default(), bytes, device)
+            .map_err(|err| format!("cannot decode (truncated or not an adcorre model?): {err}"))?;
+    if format != MODEL_FORMAT {
+        return Err(format!("format '{format}', expected '{MODEL_FORMAT}'"));
+    }
+    let card: ModelCard =
+        serde_json::from_str(&card_json).map_err(|err| format!("bad model card: {err}"))?;
+    card.validate().map_err(|err| err.to_string())?;
+    let fresh = card.network.init_lazy::<B>(device);
+    let expected = parameter_shapes(&fresh);
+    let model = fresh.load_record(record);
+    let found = parameter_shapes(&model);
+    if expected.len() != found.len() {
+        return Err(format!(
+            "{} tensors stored, the architecture in the card has {}",
+            found.len(),
+            expected.len()
+        ));
+    }
+    for ((name, want), (_, got)) in expected.iter().zip(&found) {
+        if want != got {
+            return Err(format!("tensor {name} has shape {got:?}, the card's architecture needs {want:?}"));
+        }
+    }
+    Ok((model, card))
+}
+
+/// The number of values in the network's tensors, trainable and running statistics alike
+/// (Keras' "Total params").
+pub fn parameter_count<B: Backend>(model: &AdCorreNet<B>) -> usize {
+    parameter_shapes(model)
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}
+
+/// Every float tensor of a module with its path, without forcing lazy initialisation.
+pub fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    let mut collector = ShapeCollector {
+        path: Vec::new(),
+        shapes: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.shapes
+}
+
+struct ShapeCollector {
+    path: Vec<String>,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ShapeCollector {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.shapes
+            .push((self.path.join("."), param.lazy_shape().dims::<D>().to_vec()));
+    }
+
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+}

@@ -1,0 +1,281 @@
+//! The Xception backbone and the Ad-Corre network: shapes, parameter count, TF "same"
+//! max-pooling, cross-backend agreement and save/load.
+
+mod common;
+
+use adcorre::model::checkpoint::{model_to_bytes, parameter_shapes};
+use adcorre::model::xception::same_max_pool;
+use adcorre::model::{
+    load_model, parameter_count, save_model, AdCorreNet, AdCorreNetConfig, ModelCard,
+    XceptionConfig,
+};
+use adcorre::AdCorreError;
+use burn::prelude::*;
+use common::{max_abs_diff, test_images, values};
+
+/// A reduced network that keeps every kind of layer, for fast tests.
+fn small_config() -> AdCorreNetConfig {
+    AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(2))
+        .with_num_heads(3)
+        .with_embedding_dim(16)
+        .with_num_classes(8)
+}
+
+fn spatial_sizes_at_224<B: Backend>(device: &B::Device) {
+    let net = AdCorreNetConfig::new().init::<B>(device);
+    let mut sizes = Vec::new();
+    let features = net.backbone.forward_with_taps(
+        test_images::<B>([1, 3, 224, 224], 1, device),
+        &mut |name, x| {
+            let [_, c, h, w] = x.dims();
+            assert_eq!(h, w, "{name} is not square");
+            sizes.push((name.to_string(), c, h));
+        },
+    );
+    let expected = [
+        ("block1_conv1_act", 32, 111),
+        ("block1_conv2_act", 64, 109),
+        ("block2_pool", 128, 55),
+        ("block3_pool", 256, 28),
+        ("block4_pool", 728, 14),
+        ("block13_pool", 1024, 7),
+        ("block14_sepconv2_act", 2048, 7),
+    ];
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|(n, c, h)| (n.to_string(), *c, *h))
+        .collect();
+    assert_eq!(sizes, expected);
+    assert_eq!(features.dims(), [1, 2048, 7, 7]);
+}
+
+/// `x[i][j] = -(i * side + j) - 1`: all negative, so zero padding would show up as 0.
+fn ramp<B: Backend>(side: usize, device: &B::Device) -> Tensor<B, 4> {
+    let data: Vec<f32> = (0..side * side).map(|v| -(v as f32) - 1.0).collect();
+    Tensor::from_data(TensorData::new(data, [1, 1, side, side]), device)
+}
+
+fn same_max_pool_matches_hand_computed<B: Backend>(device: &B::Device) {
+    let pool = same_max_pool();
+    // 4x4 -> 2x2: total padding 1, all of it after (bottom/right), as TensorFlow.
+    // Windows: rows/cols {0,1,2} and {2,3,pad}.
+    let out = values(pool.forward(ramp::<B>(4, device)));
+    assert_eq!(out, vec![-1.0, -3.0, -9.0, -11.0]);
+    // 5x5 -> 3x3: total padding 2, one each side; windows start at -1, 1, 3.
+    let out = values(pool.forward(ramp::<B>(5, device)));
+    assert_eq!(
+        out,
+        vec![-1.0, -2.0, -4.0, -6.0, -7.0, -9.0, -16.0, -17.0, -19.0]
+    );
+}
+
+fn output_shapes_and_probabilities<B: Backend>(device: &B::Device) {
+    let net = small_config().init::<B>(device);
+    let out = net.forward(test_images::<B>([2, 3, 64, 64], 3, device));
+    assert_eq!(out.logits.dims(), [2, 8]);
+    assert_eq!(out.embeddings.dims(), [3, 2, 16]);
+    let probs = values(out.probabilities());
+    for row in probs.chunks(8) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+    let embeddings = values(out.embeddings);
+    for embedding in embeddings.chunks(16) {
+        let norm: f32 = embedding.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "embedding norm {norm}");
+    }
+}
+
+fn save_load_round_trip_is_bit_identical<B: Backend>(device: &B::Device) {
+    let config = small_config();
+    let net = config.init::<B>(device);
+    let card = ModelCard::new(config.clone()).with_input_size(64).with_source("test");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("small.mpk");
+    save_model(&net, &card, &path).unwrap();
+    let (loaded, loaded_card) = load_model::<B>(&path, device).unwrap();
+    assert_eq!(loaded_card, card);
+    assert_eq!(loaded_card.class_names.last().unwrap(), "Contempt");
+    let images = test_images::<B>([2, 3, 64, 64], 5, device);
+    let before = net.forward(images.clone());
+    let after = loaded.forward(images);
+    assert_eq!(values(before.logits), values(after.logits));
+    assert_eq!(values(before.embeddings), values(after.embeddings));
+}
+
+macro_rules! backend_tests {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            type B = $backend;
+
+            #[test]
+            fn spatial_sizes_at_224() {
+                super::spatial_sizes_at_224::<B>(&Default::default());
+            }
+
+            #[test]
+            fn same_max_pool_matches_hand_computed() {
+                super::same_max_pool_matches_hand_computed::<B>(&Default::default());
+            }
+
+            #[test]
+            fn output_shapes_and_probabilities() {
+                super::output_shapes_and_probabilities::<B>(&Default::default());
+            }
+
+            #[test]
+            fn save_load_round_trip_is_bit_identical() {
+                super::save_load_round_trip_is_bit_identical::<B>(&Default::default());
+            }
+        }
+    };
+}
+
+#[cfg(feature = "flex")]
+backend_tests!(flex, adcorre::backend::Flex);
+#[cfg(feature = "ndarray")]
+backend_tests!(ndarray, adcorre::backend::NdArray);
+
+type B = adcorre::backend::Cpu;
+
+#[test]
+fn default_network_has_the_keras_parameter_count() {
+    let net = AdCorreNetConfig::new().init::<B>(&Default::default());
+    // Keras model.count_params() of the published architecture (k = 7, 7 classes).
+    assert_eq!(parameter_count(&net), 24_545_839);
+}
+
+#[test]
+fn parameter_count_follows_heads_and_classes() {
+    let device = Default::default();
+    let k7 = parameter_count(&AdCorreNetConfig::new().init::<B>(&device));
+    let k10 = parameter_count(&AdCorreNetConfig::new().with_num_heads(10).init::<B>(&device));
+    // Three more Linear(2048, 256) heads and 3 * 256 more classifier inputs for 7 classes.
+    assert_eq!(k10 - k7, 3 * (2048 * 256 + 256) + 3 * 256 * 7);
+    let c8 = parameter_count(&AdCorreNetConfig::new().with_num_classes(8).init::<B>(&device));
+    assert_eq!(c8 - k7, 7 * 256 + 1);
+}
+
+#[test]
+fn invalid_configurations_are_typed_errors() {
+    let device = Default::default();
+    let bad = [
+        AdCorreNetConfig::new().with_num_heads(0),
+        AdCorreNetConfig::new().with_num_classes(1),
+        AdCorreNetConfig::new().with_dropout(1.0),
+        AdCorreNetConfig::new().with_backbone(XceptionConfig::new().with_width(0.0)),
+    ];
+    for config in bad {
+        assert!(matches!(
+            config.try_init::<B>(&device),
+            Err(AdCorreError::Config(_))
+        ));
+    }
+}
+
+#[test]
+fn check_input_rejects_wrong_shapes() {
+    let net: AdCorreNet<B> = small_config().init(&Default::default());
+    assert!(net.check_input([1, 3, 224, 224]).is_ok());
+    assert!(net.check_input([1, 3, 7, 7]).is_ok());
+    for dims in [[0, 3, 224, 224], [1, 1, 224, 224], [1, 3, 6, 224], [1, 3, 224, 4]] {
+        let err = net.check_input(dims).unwrap_err();
+        assert!(matches!(err, AdCorreError::Shape { .. }), "{err}");
+    }
+}
+
+#[test]
+fn loading_bad_files_gives_typed_errors() {
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+
+    let missing = dir.path().join("missing.mpk");
+    let err = load_model::<B>(&missing, &device).unwrap_err();
+    assert!(matches!(err, AdCorreError::Io { .. }), "{err}");
+    assert!(err.to_string().contains("missing.mpk"));
+
+    let garbage = dir.path().join("garbage.mpk");
+    std::fs::write(&garbage, b"definitely not a model").unwrap();
+    let err = load_model::<B>(&garbage, &device).unwrap_err();
+    assert!(matches!(err, AdCorreError::InvalidModelFile { .. }), "{err}");
+
+    let config = small_config();
+    let bytes = model_to_bytes(&config.init::<B>(&device), &ModelCard::new(config)).unwrap();
+    let truncated = dir.path().join("truncated.mpk");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_model::<B>(&truncated, &device).unwrap_err();
+    assert!(matches!(err, AdCorreError::InvalidModelFile { .. }), "{err}");
+    assert!(err.to_string().contains("truncated.mpk"));
+}
+
+#[test]
+fn a_card_that_contradicts_the_weights_is_rejected() {
+    let device = Default::default();
+    let config = small_config();
+    let net = config.init::<B>(&device);
+    // Weights of a 3-head network under a card claiming 4 heads.
+    let lying_card = ModelCard::new(config.clone().with_num_heads(4));
+    let record = (
+        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
+        serde_json::to_string(&lying_card).unwrap(),
+        burn::module::Module::into_record(net),
+    );
+    let bytes = burn::record::Recorder::<B>::record(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
+        record,
+        (),
+    )
+    .unwrap();
+    let err = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap_err();
+    assert!(err.contains("shape"), "{err}");
+}
+
+#[test]
+fn parameter_paths_name_the_layers() {
+    let net = small_config().init::<B>(&Default::default());
+    let shapes = parameter_shapes(&net);
+    assert!(shapes.iter().any(|(path, dims)| path.contains("block2")
+        && path.contains("depthwise")
+        && dims == &vec![8, 1, 3, 3]));
+}
+
+#[cfg(all(feature = "flex", feature = "ndarray"))]
+#[test]
+fn flex_and_ndarray_agree_on_the_same_weights() {
+    use adcorre::backend::{Flex, NdArray};
+    use adcorre::model::checkpoint::model_from_bytes;
+
+    let config = AdCorreNetConfig::new();
+    let flex_net = common::calibrate(config.init::<Flex>(&Default::default()), 7);
+    let bytes = model_to_bytes(&flex_net, &ModelCard::new(config)).unwrap();
+    let (ndarray_net, _) = model_from_bytes::<NdArray>(bytes, &Default::default()).unwrap();
+
+    // A bright noise image and a dark one: noise images of equal statistics pool alike.
+    fn inputs<B: Backend>() -> Tensor<B, 4> {
+        let noise = test_images::<B>([1, 3, 224, 224], 11, &Default::default());
+        Tensor::cat(vec![noise.clone(), noise * 0.2], 0)
+    }
+    let flex_out = flex_net.forward(inputs::<Flex>());
+    let nd_out = ndarray_net.forward(inputs::<NdArray>());
+    let diff_probs = max_abs_diff(
+        &values(flex_out.probabilities()),
+        &values(nd_out.probabilities()),
+    );
+    let flex_embeddings = values(flex_out.embeddings);
+    let diff_embeddings = max_abs_diff(&flex_embeddings, &values(nd_out.embeddings));
+    // The comparison means something only if the output depends on the input.
+    let [first, second] = [0, 1].map(|item| {
+        flex_embeddings
+            .chunks(256)
+            .skip(item)
+            .step_by(2)
+            .flatten()
+            .copied()
+            .collect::<Vec<f32>>()
+    });
+    let input_effect = max_abs_diff(&first, &second);
+    eprintln!("flex vs ndarray: probs {diff_probs:e}, embeddings {diff_embeddings:e}; between images {input_effect:e}");
+    assert!(input_effect > 1e-2, "embeddings barely depend on the input ({input_effect})");
+    assert!(diff_probs <= 1e-4, "probabilities differ by {diff_probs}");
+    assert!(diff_embeddings <= 1e-4, "embeddings differ by {diff_embeddings}");
+}
