@@ -28,3 +28,8 @@ pub mod loss;
 pub mod model;
 
 pub use error::{AdCorreError, Result};
+
+/// The README's code examples, compiled as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
