@@ -46,6 +46,44 @@ pub enum AdCorreError {
     /// A loss or metric became NaN or infinite.
     #[error("non-finite value in {0}")]
     NonFinite(String),
+    /// A file is not a Keras HDF5 model (or not one of the Ad-Corre architecture).
+    #[error("{path}: not a Keras HDF5 Ad-Corre model: {reason}")]
+    NotKerasModel {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A layer or weight the Ad-Corre architecture needs is missing from a Keras file.
+    #[error("{path}: layer '{layer}': {problem}")]
+    KerasLayer {
+        /// The file.
+        path: PathBuf,
+        /// The Keras layer name.
+        layer: String,
+        /// What is missing or unreadable.
+        problem: String,
+    },
+    /// A Keras weight does not have the shape the architecture needs.
+    #[error("{path}: weight '{weight}' has shape {got:?}, the architecture needs {expected:?}")]
+    KerasShape {
+        /// The file.
+        path: PathBuf,
+        /// The Keras weight (`layer/name`).
+        weight: String,
+        /// The shape needed, in Keras' layout.
+        expected: Vec<usize>,
+        /// The shape stored.
+        got: Vec<usize>,
+    },
+    /// An image could not be decoded.
+    #[error("{path}: cannot decode image: {reason}")]
+    Image {
+        /// The image file (or a description of an in-memory image).
+        path: PathBuf,
+        /// The decoder's message.
+        reason: String,
+    },
     /// An array file (.npy / .npz) could not be decoded.
     #[error("{path}: cannot read array '{name}': {reason}")]
     Array {

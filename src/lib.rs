@@ -24,6 +24,7 @@ pub mod atomic_file;
 pub mod backend;
 pub mod data;
 pub mod error;
+pub mod import;
 pub mod loss;
 pub mod model;
 
