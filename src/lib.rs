@@ -25,6 +25,7 @@ pub mod backend;
 pub mod data;
 pub mod error;
 pub mod import;
+pub mod infer;
 pub mod loss;
 pub mod model;
 

@@ -1,0 +1,167 @@
+//! `adcorre`: facial expression recognition with Ad-Corre models from the command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use adcorre::backend::{cpu_device, Cpu};
+use adcorre::data::npy::read_npy;
+use adcorre::infer::preprocess::nhwc_to_tensor;
+use adcorre::infer::{Recognition, TestModels};
+use adcorre::{AdCorreError, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "adcorre", version, about = "Facial expression recognition with Ad-Corre models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert a Keras .h5 Ad-Corre model (e.g. AffectNet_6336.h5) to an adcorre .mpk file.
+    ImportKeras {
+        /// The Keras HDF5 model.
+        input: PathBuf,
+        /// The .mpk file to write.
+        output: PathBuf,
+    },
+    /// Recognise the expression in face images (or a prepared .npy batch).
+    Predict {
+        /// The model: .mpk (or .h5 with the keras feature).
+        #[arg(long)]
+        model: PathBuf,
+        /// Print JSON, one object per input.
+        #[arg(long)]
+        json: bool,
+        /// Include the k embeddings in the JSON output.
+        #[arg(long, requires = "json")]
+        embeddings: bool,
+        /// A prepared NHWC float32 batch in [0, 1] (the release's .npy layout).
+        #[arg(long, value_name = "X.npy")]
+        input_npy: Option<PathBuf>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Image files.
+        images: Vec<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::ImportKeras { input, output } => import_keras(&input, &output),
+        Command::Predict {
+            model,
+            json,
+            embeddings,
+            input_npy,
+            batch,
+            images,
+        } => predict(&model, json, embeddings, input_npy.as_deref(), batch, &images),
+    }
+}
+
+#[cfg(feature = "keras")]
+fn import_keras(input: &Path, output: &Path) -> Result<()> {
+    use adcorre::model::{parameter_count, save_model};
+    let (net, card) = adcorre::import::keras::import_keras::<Cpu>(input, &cpu_device())?;
+    save_model(&net, &card, output)?;
+    println!(
+        "{} -> {}: k = {} heads, {} classes ({}), {} parameters",
+        input.display(),
+        output.display(),
+        card.network.num_heads,
+        card.network.num_classes,
+        card.class_names.join(", "),
+        parameter_count(&net)
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "keras"))]
+fn import_keras(input: &Path, _output: &Path) -> Result<()> {
+    Err(AdCorreError::NotKerasModel {
+        path: input.to_path_buf(),
+        reason: "this build has no Keras import: rebuild with `--features keras`".into(),
+    })
+}
+
+fn predict(
+    model: &Path,
+    json: bool,
+    with_embeddings: bool,
+    input_npy: Option<&Path>,
+    batch: usize,
+    images: &[PathBuf],
+) -> Result<()> {
+    let models = TestModels::<Cpu>::load(model, &cpu_device())?.with_batch_size(batch);
+    let mut results: Vec<(String, Recognition)> = Vec::new();
+    if let Some(npy) = input_npy {
+        let array = read_npy::<f32>(npy)?;
+        let shape: [usize; 4] = match array.shape() {
+            &[n, h, w, 3] => [n, h, w, 3],
+            other => {
+                return Err(AdCorreError::Shape {
+                    what: format!("{}", npy.display()),
+                    expected: "(n, height, width, 3) float32 in [0, 1]".into(),
+                    got: other.to_vec(),
+                })
+            }
+        };
+        let values: Vec<f32> = array.iter().copied().collect();
+        let per_image = shape[1] * shape[2] * 3;
+        for (chunk_index, chunk) in values.chunks(per_image * batch.max(1)).enumerate() {
+            let n = chunk.len() / per_image;
+            let tensor = nhwc_to_tensor::<Cpu>(chunk.to_vec(), [n, shape[1], shape[2], 3], &cpu_device());
+            for (i, recognition) in models.recognize_tensor(tensor)?.into_iter().enumerate() {
+                let index = chunk_index * batch.max(1) + i;
+                results.push((format!("{}[{index}]", npy.display()), recognition));
+            }
+        }
+    }
+    for (path, recognition) in images.iter().zip(models.recognize_files(images)?) {
+        results.push((path.display().to_string(), recognition));
+    }
+    if results.is_empty() {
+        return Err(AdCorreError::Config("nothing to predict: give image files or --input-npy".into()));
+    }
+    for (input, recognition) in &results {
+        if json {
+            let mut object = serde_json::json!({
+                "input": input,
+                "expression": recognition.expression,
+                "label": recognition.label,
+                "probabilities": recognition
+                    .probabilities
+                    .iter()
+                    .map(|c| (c.name.clone(), serde_json::json!(c.probability)))
+                    .collect::<serde_json::Map<_, _>>(),
+            });
+            if with_embeddings {
+                object["embeddings"] = serde_json::json!(recognition.embeddings);
+            }
+            println!("{object}");
+        } else {
+            let mut ranked = recognition.probabilities.clone();
+            ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+            let top: Vec<String> = ranked
+                .iter()
+                .take(3)
+                .map(|c| format!("{} {:.3}", c.name, c.probability))
+                .collect();
+            println!("{input}: {}  ({})", recognition.expression, top.join(", "));
+        }
+    }
+    Ok(())
+}

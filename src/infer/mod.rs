@@ -1,0 +1,225 @@
+//! Recognising expressions with a trained model: [`TestModels`] (the release's name) and its
+//! [`Recognition`] results.
+
+pub mod preprocess;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use image::DynamicImage;
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{cpu_device, Cpu};
+use crate::data::Expression;
+use crate::error::{AdCorreError, Result};
+use crate::model::{load_model, AdCorreNet, ModelCard};
+use preprocess::{images_to_tensor, open_image};
+
+/// The probability of one class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassProbability {
+    /// Class name (e.g. "Happy").
+    pub name: String,
+    /// Softmax probability.
+    pub probability: f32,
+}
+
+/// What the model recognised in one face image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recognition {
+    /// Name of the most probable class.
+    pub expression: String,
+    /// Label index of the most probable class.
+    pub label: usize,
+    /// Every class with its probability, in the model's class order (they sum to 1).
+    pub probabilities: Vec<ClassProbability>,
+    /// The k L2-normalised embeddings, `k x dim`.
+    pub embeddings: Vec<Vec<f32>>,
+}
+
+impl Recognition {
+    /// The recognised expression, for models with the standard 7 or 8 classes.
+    pub fn expression(&self) -> Option<Expression> {
+        Expression::from_label(self.label).filter(|e| e.name() == self.expression)
+    }
+
+    /// Probability of the recognised class.
+    pub fn confidence(&self) -> f32 {
+        self.probabilities[self.label].probability
+    }
+}
+
+/// A trained Ad-Corre model ready to recognise expressions (the release's `TestModels`).
+///
+/// ```no_run
+/// use adcorre::infer::TestModels;
+/// let models = TestModels::new("AffectNet_6336.mpk")?;
+/// let recognition = models.recognize_fer("face.jpg")?;
+/// println!("{} ({:.2})", recognition.expression, recognition.confidence());
+/// # Ok::<(), adcorre::AdCorreError>(())
+/// ```
+pub struct TestModels<B: Backend = Cpu> {
+    model: AdCorreNet<B>,
+    card: ModelCard,
+    device: B::Device,
+    batch_size: usize,
+}
+
+impl TestModels<Cpu> {
+    /// Loads a model file (`.mpk`, or a Keras `.h5` with the `keras` feature) on the default
+    /// CPU backend.
+    pub fn new(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load(path, &cpu_device())
+    }
+}
+
+impl<B: Backend> TestModels<B> {
+    /// Loads a model file on `device`: an adcorre `.mpk`, or (feature `keras`) a Keras `.h5`,
+    /// recognised by its HDF5 signature.
+    pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
+        let path = path.as_ref();
+        let (model, card) = if is_hdf5(path)? {
+            load_keras(path, device)?
+        } else {
+            load_model::<B>(path, device)?
+        };
+        Ok(Self::from_model(model, card, device))
+    }
+
+    /// Wraps a network already in memory.
+    pub fn from_model(model: AdCorreNet<B>, card: ModelCard, device: &B::Device) -> Self {
+        Self {
+            model,
+            card,
+            device: device.clone(),
+            batch_size: 8,
+        }
+    }
+
+    /// Sets how many images go through the network at once (default 8).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// The model's card (architecture, input size, class names).
+    pub fn card(&self) -> &ModelCard {
+        &self.card
+    }
+
+    /// The network.
+    pub fn model(&self) -> &AdCorreNet<B> {
+        &self.model
+    }
+
+    /// Recognises the expression in an image file.
+    pub fn recognize_fer(&self, path: impl AsRef<Path>) -> Result<Recognition> {
+        let image = open_image(path.as_ref())?;
+        self.recognize_image(&image)
+    }
+
+    /// Recognises the expression in a decoded image.
+    pub fn recognize_image(&self, image: &DynamicImage) -> Result<Recognition> {
+        let mut results = self.recognize_batch(std::slice::from_ref(image))?;
+        Ok(results.remove(0))
+    }
+
+    /// Recognises a batch of decoded images, in order.
+    pub fn recognize_batch(&self, images: &[DynamicImage]) -> Result<Vec<Recognition>> {
+        let mut results = Vec::with_capacity(images.len());
+        for chunk in images.chunks(self.batch_size) {
+            let tensor = images_to_tensor::<B>(chunk, self.card.input_size, &self.device);
+            results.extend(self.recognize_tensor(tensor)?);
+        }
+        Ok(results)
+    }
+
+    /// Recognises image files, in order; the first unreadable file is an error naming it.
+    pub fn recognize_files<P: AsRef<Path>>(&self, paths: &[P]) -> Result<Vec<Recognition>> {
+        let mut results = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(self.batch_size) {
+            let images = chunk
+                .iter()
+                .map(|p| open_image(p.as_ref()))
+                .collect::<Result<Vec<_>>>()?;
+            results.extend(self.recognize_batch(&images)?);
+        }
+        Ok(results)
+    }
+
+    /// Recognises a prepared batch `[n, 3, h, w]` of RGB values in [0, 1].
+    pub fn recognize_tensor(&self, images: Tensor<B, 4>) -> Result<Vec<Recognition>> {
+        self.model.check_input(images.dims())?;
+        let out = self.model.forward(images);
+        let [batch, classes] = out.logits.dims();
+        let [k, _, dim] = out.embeddings.dims();
+        let probabilities = host_values(out.probabilities())?;
+        let embeddings = host_values(out.embeddings)?;
+        Ok((0..batch)
+            .map(|item| {
+                let row = &probabilities[item * classes..(item + 1) * classes];
+                let label = row
+                    .iter()
+                    .enumerate()
+                    .fold(0, |best, (i, p)| if *p > row[best] { i } else { best });
+                Recognition {
+                    expression: self.card.class_names[label].clone(),
+                    label,
+                    probabilities: self
+                        .card
+                        .class_names
+                        .iter()
+                        .zip(row)
+                        .map(|(name, &probability)| ClassProbability {
+                            name: name.clone(),
+                            probability,
+                        })
+                        .collect(),
+                    embeddings: (0..k)
+                        .map(|head| {
+                            let start = (head * batch + item) * dim;
+                            embeddings[start..start + dim].to_vec()
+                        })
+                        .collect(),
+                }
+            })
+            .collect())
+    }
+}
+
+fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
+    let values = tensor
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|err| AdCorreError::NonFinite(format!("network output unreadable: {err:?}")))?;
+    if values.iter().all(|v| v.is_finite()) {
+        Ok(values)
+    } else {
+        Err(AdCorreError::NonFinite("network output".into()))
+    }
+}
+
+/// Whether a file starts with the HDF5 signature.
+fn is_hdf5(path: &Path) -> Result<bool> {
+    use std::io::Read;
+    let mut signature = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(|err| AdCorreError::io(path, err))?;
+    let read = file.read(&mut signature).map_err(|err| AdCorreError::io(path, err))?;
+    Ok(read == 8 && signature == *b"\x89HDF\r\n\x1a\n")
+}
+
+#[cfg(feature = "keras")]
+fn load_keras<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+    crate::import::keras::import_keras(path, device)
+}
+
+#[cfg(not(feature = "keras"))]
+fn load_keras<B: Backend>(path: &Path, _device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+    Err(AdCorreError::NotKerasModel {
+        path: path.to_path_buf(),
+        reason: "this build cannot read Keras files: enable the `keras` feature, or convert \
+                 with `adcorre import-keras`"
+            .into(),
+    })
+}
