@@ -1,7 +1,12 @@
 //! Inference latency of the published architecture (k = 7, 7 classes) at 224x224, batch 1
-//! and 8, on each enabled CPU backend.
+//! and 8, on each enabled CPU backend: as `TestModels` runs it (batch norm folded) and, for
+//! comparison, unfolded.
 //!
 //! `cargo bench --bench forward --features ndarray` (flex is on by default).
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use adcorre::model::AdCorreNetConfig;
 use burn::prelude::*;
@@ -12,6 +17,7 @@ use std::time::Duration;
 fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
     let device = B::Device::default();
     let net = AdCorreNetConfig::new().init::<B>(&device);
+    let folded = net.clone().fold_batch_norm();
     let mut group = c.benchmark_group(format!("forward_224/{name}"));
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(2));
@@ -20,13 +26,15 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
         let images =
             Tensor::<B, 4>::random([batch, 3, 224, 224], Distribution::Uniform(0.0, 1.0), &device);
         group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::new("batch", batch), &images, |b, images| {
-            b.iter(|| {
-                let out = net.forward(images.clone());
-                // Read back so lazy/async backends finish the work inside the timing.
-                out.logits.into_data()
-            })
-        });
+        for (variant, net) in [("folded", &folded), ("unfolded", &net)] {
+            group.bench_with_input(BenchmarkId::new(variant, batch), &images, |b, images| {
+                b.iter(|| {
+                    let out = net.forward(images.clone());
+                    // Read back so lazy/async backends finish the work inside the timing.
+                    out.logits.into_data()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -66,6 +66,13 @@ fn matches_keras<B: Backend>() {
     assert!(probs <= 1e-5, "probabilities differ by {probs:e}");
     assert!(embeddings <= 1e-5, "embeddings differ by {embeddings:e}");
 
+    // Folding batch norm for inference keeps Keras parity.
+    let folded = net.clone().fold_batch_norm().forward(input::<B>(&device));
+    let probs = max_abs_diff(&values(folded.probabilities()), &reference("probs.npy"));
+    let embeddings = max_abs_diff(&values(folded.embeddings), &reference("embeddings.npy"));
+    eprintln!("keras parity, folded batch norm: probs {probs:e}, embeddings {embeddings:e}");
+    assert!(probs <= 1e-5 && embeddings <= 1e-5, "folded: {probs:e} {embeddings:e}");
+
     // The converted model reloads to identical outputs.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("adcorre_xcp7.mpk");

@@ -279,3 +279,19 @@ fn flex_and_ndarray_agree_on_the_same_weights() {
     assert!(diff_probs <= 1e-4, "probabilities differ by {diff_probs}");
     assert!(diff_embeddings <= 1e-4, "embeddings differ by {diff_embeddings}");
 }
+
+#[test]
+fn folding_batch_norm_keeps_outputs_and_cannot_be_saved() {
+    let device = Default::default();
+    let config = small_config();
+    let net = common::calibrate(config.init::<B>(&device), 3);
+    let folded = net.clone().fold_batch_norm();
+    let images = test_images::<B>([2, 3, 64, 64], 9, &device);
+    let a = values(net.forward(images.clone()).embeddings);
+    let b = values(folded.forward(images).embeddings);
+    let diff = max_abs_diff(&a, &b);
+    assert!(diff < 1e-5, "folded differs by {diff}");
+    assert!(parameter_shapes(&folded).iter().all(|(path, _)| !path.contains("bn")));
+    let err = model_to_bytes(&folded, &ModelCard::new(config)).unwrap_err();
+    assert!(matches!(err, AdCorreError::Config(_)), "{err}");
+}

@@ -10,6 +10,10 @@ use adcorre::infer::{Recognition, TestModels};
 use adcorre::{AdCorreError, Result};
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "adcorre", version, about = "Facial expression recognition with Ad-Corre models")]
 struct Cli {
@@ -46,6 +50,28 @@ enum Command {
         /// Image files.
         images: Vec<PathBuf>,
     },
+    /// Measure inference latency and throughput (median after warm-up).
+    Bench {
+        /// The model (.mpk or .h5); without it, the published architecture (k = 7, 7 classes)
+        /// with untrained weights, which runs at the same speed.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Input side in pixels (default: the model's input size).
+        #[arg(long)]
+        size: Option<usize>,
+        /// Timed forward passes.
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
+        #[arg(long)]
+        no_fold: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +95,14 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             images,
         } => predict(&model, json, embeddings, input_npy.as_deref(), batch, &images),
+        Command::Bench {
+            model,
+            batch,
+            size,
+            iters,
+            json,
+            no_fold,
+        } => bench(model.as_deref(), batch, size, iters, json, no_fold),
     }
 }
 
@@ -162,6 +196,68 @@ fn predict(
                 .collect();
             println!("{input}: {}  ({})", recognition.expression, top.join(", "));
         }
+    }
+    Ok(())
+}
+
+fn bench(
+    model: Option<&Path>,
+    batch: usize,
+    size: Option<usize>,
+    iters: usize,
+    json: bool,
+    no_fold: bool,
+) -> Result<()> {
+    use adcorre::model::{AdCorreNetConfig, ModelCard};
+    use burn::tensor::{Distribution, Tensor};
+    use std::time::Instant;
+
+    let device = cpu_device();
+    let (net, card) = match model {
+        Some(path) => adcorre::infer::load_network::<Cpu>(path, &device)?,
+        None => {
+            let config = AdCorreNetConfig::new();
+            (config.init(&device), ModelCard::new(config))
+        }
+    };
+    let net = if no_fold { net } else { net.fold_batch_norm() };
+    let size = size.unwrap_or(card.input_size);
+    let (batch, iters) = (batch.max(1), iters.max(1));
+    let images = Tensor::<Cpu, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+    net.check_input(images.dims())?;
+    let run = || {
+        let out = net.forward(images.clone());
+        let _ = out.logits.into_data();
+    };
+    for _ in 0..2 {
+        run();
+    }
+    let mut seconds: Vec<f64> = (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            run();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds[seconds.len() / 2];
+    let backend = std::any::type_name::<Cpu>().rsplit("::").next().unwrap_or("cpu").to_string();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "backend": backend, "batch_norm_folded": !no_fold, "batch": batch, "size": size, "iters": iters,
+                "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
+                "images_per_s": batch as f64 / median,
+            })
+        );
+    } else {
+        println!(
+            "{backend} inference {size}x{size} batch {batch}: median {:.1} ms per batch, {:.1} ms/image, {:.2} images/s ({iters} runs)",
+            median * 1e3,
+            median * 1e3 / batch as f64,
+            batch as f64 / median
+        );
     }
     Ok(())
 }

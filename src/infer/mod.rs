@@ -77,19 +77,14 @@ impl<B: Backend> TestModels<B> {
     /// Loads a model file on `device`: an adcorre `.mpk`, or (feature `keras`) a Keras `.h5`,
     /// recognised by its HDF5 signature.
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
-        let path = path.as_ref();
-        let (model, card) = if is_hdf5(path)? {
-            load_keras(path, device)?
-        } else {
-            load_model::<B>(path, device)?
-        };
+        let (model, card) = load_network(path.as_ref(), device)?;
         Ok(Self::from_model(model, card, device))
     }
 
-    /// Wraps a network already in memory.
+    /// Wraps a network already in memory, folding its batch normalisation for inference.
     pub fn from_model(model: AdCorreNet<B>, card: ModelCard, device: &B::Device) -> Self {
         Self {
-            model,
+            model: model.fold_batch_norm(),
             card,
             device: device.clone(),
             batch_size: 8,
@@ -107,7 +102,7 @@ impl<B: Backend> TestModels<B> {
         &self.card
     }
 
-    /// The network.
+    /// The network (batch normalisation folded: for inference only).
     pub fn model(&self) -> &AdCorreNet<B> {
         &self.model
     }
@@ -197,6 +192,16 @@ fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f
         Ok(values)
     } else {
         Err(AdCorreError::NonFinite("network output".into()))
+    }
+}
+
+/// Reads a model file, `.mpk` or (feature `keras`) Keras `.h5` recognised by its HDF5
+/// signature, as stored (batch normalisation not folded): for saving, fine-tuning or timing.
+pub fn load_network<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+    if is_hdf5(path)? {
+        load_keras(path, device)
+    } else {
+        load_model::<B>(path, device)
     }
 }
 

@@ -172,6 +172,16 @@ impl<B: Backend> AdCorreNet<B> {
         Ok(())
     }
 
+    /// The same network for inference: every batch normalisation folded into the convolution
+    /// before it. Outputs equal the original's up to float rounding; use it only for inference
+    /// (the folded network no longer normalises with batch statistics, and is not saved).
+    pub fn fold_batch_norm(self) -> Self {
+        AdCorreNet {
+            backbone: self.backbone.fold_batch_norm(),
+            ..self
+        }
+    }
+
     /// Number of heads k.
     pub fn num_heads(&self) -> usize {
         self.heads.num_heads

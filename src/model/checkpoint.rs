@@ -85,6 +85,14 @@ type ModelRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 /// Serialises a network and its card to bytes (named MessagePack, f32).
 pub fn model_to_bytes<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard) -> Result<Vec<u8>> {
     card.validate()?;
+    let expected = parameter_shapes(&card.network.init_lazy::<B>(&model.devices()[0]));
+    if parameter_shapes(model) != expected {
+        return Err(AdCorreError::Config(
+            "the network does not match its card's architecture (a network with folded batch \
+             norm cannot be saved: save the original)"
+                .into(),
+        ));
+    }
     let card_json = serde_json::to_string(card)
         .map_err(|err| AdCorreError::Config(format!("cannot serialise model card: {err}")))?;
     let record: FileRecord<B> = (MODEL_FORMAT.to_string(), card_json, model.clone().into_record());

@@ -1,6 +1,7 @@
 //! Building blocks shared by the Xception backbone: Keras-style convolutions with
 //! batch normalisation and TensorFlow "same" padding.
 
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -38,8 +39,8 @@ pub struct ConvBnConfig {
 pub struct ConvBn<B: Backend> {
     /// The convolution, weight `[out, in, k, k]`.
     pub conv: Conv2d<B>,
-    /// The batch normalisation over the output channels.
-    pub bn: BatchNorm<B>,
+    /// The batch normalisation over the output channels; `None` once folded into `conv`.
+    pub bn: Option<BatchNorm<B>>,
 }
 
 impl ConvBnConfig {
@@ -52,7 +53,7 @@ impl ConvBnConfig {
             .init(device);
         ConvBn {
             conv,
-            bn: keras_batch_norm(self.channels[1], device),
+            bn: Some(keras_batch_norm(self.channels[1], device)),
         }
     }
 }
@@ -60,7 +61,19 @@ impl ConvBnConfig {
 impl<B: Backend> ConvBn<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn.forward(self.conv.forward(x))
+        batch_norm(&self.bn, self.conv.forward(x))
+    }
+
+    /// The same function for inference with the batch normalisation folded into the
+    /// convolution's weights and bias (see [`fold_batch_norm`]).
+    pub fn fold_batch_norm(self) -> Self {
+        match self.bn {
+            Some(bn) => ConvBn {
+                conv: fold_batch_norm(self.conv, &bn),
+                bn: None,
+            },
+            None => self,
+        }
     }
 }
 
@@ -82,8 +95,8 @@ pub struct SeparableConvBn<B: Backend> {
     pub depthwise: Conv2d<B>,
     /// Pointwise convolution, weight `[out, in, 1, 1]`.
     pub pointwise: Conv2d<B>,
-    /// Batch normalisation over the output channels.
-    pub bn: BatchNorm<B>,
+    /// Batch normalisation over the output channels; `None` once folded into `pointwise`.
+    pub bn: Option<BatchNorm<B>>,
 }
 
 impl SeparableConvBnConfig {
@@ -101,7 +114,7 @@ impl SeparableConvBnConfig {
         SeparableConvBn {
             depthwise,
             pointwise,
-            bn: keras_batch_norm(c_out, device),
+            bn: Some(keras_batch_norm(c_out, device)),
         }
     }
 }
@@ -109,8 +122,47 @@ impl SeparableConvBnConfig {
 impl<B: Backend> SeparableConvBn<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.bn
-            .forward(self.pointwise.forward(self.depthwise.forward(x)))
+        batch_norm(&self.bn, self.pointwise.forward(self.depthwise.forward(x)))
+    }
+
+    /// The same function for inference with the batch normalisation folded into the pointwise
+    /// convolution (see [`fold_batch_norm`]).
+    pub fn fold_batch_norm(self) -> Self {
+        match self.bn {
+            Some(bn) => SeparableConvBn {
+                depthwise: self.depthwise,
+                pointwise: fold_batch_norm(self.pointwise, &bn),
+                bn: None,
+            },
+            None => self,
+        }
+    }
+}
+
+fn batch_norm<B: Backend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match bn {
+        Some(bn) => bn.forward(x),
+        None => x,
+    }
+}
+
+/// Folds an inference-mode batch normalisation into the convolution before it:
+/// `bn(conv(x)) = conv'(x)` with `W' = W * s` per output channel and `b' = b * s + beta - mean * s`,
+/// `s = gamma / sqrt(var + eps)`. Removes four broadcast passes over every feature map.
+/// Only for inference: the folded layer no longer normalises with batch statistics.
+pub fn fold_batch_norm<B: Backend>(conv: Conv2d<B>, bn: &BatchNorm<B>) -> Conv2d<B> {
+    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt();
+    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone();
+    let [out_channels, _, _, _] = conv.weight.dims();
+    let weight = conv.weight.val() * scale.clone().reshape([out_channels, 1, 1, 1]);
+    let bias = match &conv.bias {
+        Some(bias) => bias.val() * scale + shift,
+        None => shift,
+    };
+    Conv2d {
+        weight: Param::initialized(conv.weight.id, weight),
+        bias: Some(Param::from_tensor(bias)),
+        ..conv
     }
 }
 
