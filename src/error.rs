@@ -76,6 +76,16 @@ pub enum AdCorreError {
         /// The shape stored.
         got: Vec<usize>,
     },
+    /// A line of a dataset's text file (CSV, label list) could not be parsed.
+    #[error("{path}:{line}: {reason}")]
+    MalformedLine {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// An image could not be decoded.
     #[error("{path}: cannot decode image: {reason}")]
     Image {

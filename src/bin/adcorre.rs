@@ -50,6 +50,45 @@ enum Command {
         /// Image files.
         images: Vec<PathBuf>,
     },
+    /// Per-class counts of a dataset split, and everything skipped with the reason.
+    DatasetInfo {
+        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
+        #[arg(long)]
+        dataset: String,
+        /// The dataset's root folder (or FER-2013 CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// train, train7, eval, eval7 or test.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Decode, crop and resize a dataset split once, into a form that loads fast.
+    Prepare {
+        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
+        #[arg(long)]
+        dataset: String,
+        /// The dataset's root folder (or FER-2013 CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// train, train7, eval, eval7 or test.
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of the stored images (the pipeline resizes to the network input when training).
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// 1 keeps grayscale (FER-2013), 3 stores RGB.
+        #[arg(long, default_value_t = 3)]
+        channels: usize,
+        /// packed (images.npy + labels.npy) or release (images/*.png + annotations/*_exp.npy).
+        #[arg(long, default_value = "packed")]
+        layout: String,
+    },
     /// Measure inference latency and throughput (median after warm-up).
     Bench {
         /// The model (.mpk or .h5); without it, the published architecture (k = 7, 7 classes)
@@ -95,6 +134,21 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             images,
         } => predict(&model, json, embeddings, input_npy.as_deref(), batch, &images),
+        Command::DatasetInfo {
+            dataset,
+            data,
+            split,
+            json,
+        } => dataset_info(&dataset, &data, &split, json),
+        Command::Prepare {
+            dataset,
+            data,
+            split,
+            out,
+            size,
+            channels,
+            layout,
+        } => prepare(&dataset, &data, &split, &out, size, channels, &layout),
         Command::Bench {
             model,
             batch,
@@ -259,5 +313,84 @@ fn bench(
             batch as f64 / median
         );
     }
+    Ok(())
+}
+
+fn load_split(dataset: &str, data: &Path, split: &str) -> Result<adcorre::data::FerDataset> {
+    adcorre::data::load_dataset(dataset.parse()?, split.parse()?, data)
+}
+
+fn class_name(label: usize) -> String {
+    adcorre::data::Expression::from_label(label)
+        .map(|e| e.name().to_string())
+        .unwrap_or_else(|| format!("class_{label}"))
+}
+
+fn dataset_info(dataset: &str, data: &Path, split: &str, json: bool) -> Result<()> {
+    let loaded = load_split(dataset, data, split)?;
+    let counts = loaded.class_counts();
+    if json {
+        let classes: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .enumerate()
+            .map(|(label, &n)| (class_name(label), serde_json::json!(n)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "dataset": loaded.description, "total": loaded.len(),
+                "classes": classes, "skipped": loaded.skipped,
+            })
+        );
+    } else {
+        println!("{}: {} samples", loaded.description, loaded.len());
+        for (label, n) in counts.iter().enumerate() {
+            println!("  {label} {:<9} {n}", class_name(label));
+        }
+        for (reason, n) in &loaded.skipped {
+            println!("  skipped {n}: {reason}");
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} [{elapsed_precise} < {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn prepare(
+    dataset: &str,
+    data: &Path,
+    split: &str,
+    out: &Path,
+    size: usize,
+    channels: usize,
+    layout: &str,
+) -> Result<()> {
+    if !["packed", "release"].contains(&layout) {
+        return Err(AdCorreError::Config(format!("unknown layout '{layout}' (packed or release)")));
+    }
+    let loaded = load_split(dataset, data, split)?;
+    let bar = progress_bar(loaded.len(), "decoding");
+    let packed = adcorre::data::prepare(&loaded, size, channels, &|done| bar.set_position(done as u64))?;
+    bar.finish();
+    if layout == "packed" {
+        packed.save(out)?;
+    } else {
+        adcorre::data::prepared::save_release_layout(&packed, out)?;
+    }
+    println!(
+        "{}: {} images of {size}x{size}x{channels} written to {} ({layout}); skipped: {:?}",
+        loaded.description,
+        packed.len(),
+        out.display(),
+        loaded.skipped
+    );
     Ok(())
 }
