@@ -40,7 +40,7 @@ fn profile<B: Backend>(name: &str) {
             .with_bias(false)
             .init::<B>(&device);
         let pointwise = Conv2dConfig::new([c, c], [1, 1]).with_bias(false).init::<B>(&device);
-        let bn = keras_batch_norm::<B>(c, &device);
+        let bn = keras_batch_norm::<B>(c, 0.01, &device);
         let pool = same_max_pool();
         let sep = SeparableConvBnConfig::new([c, c]).init::<B>(&device);
         let folded = sep.clone().fold_batch_norm();

@@ -27,6 +27,8 @@ pub mod error;
 pub mod import;
 pub mod infer;
 pub mod loss;
+pub mod metrics;
+pub mod train;
 pub mod model;
 
 pub use error::{AdCorreError, Result};

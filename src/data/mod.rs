@@ -17,3 +17,4 @@ pub mod prepared;
 
 pub use prepared::{prepare, PackedImages};
 pub mod pipeline;
+pub mod synthetic;

@@ -11,11 +11,12 @@ pub const KERAS_BN_EPSILON: f64 = 1e-3;
 /// Keras' running-average momentum 0.99, expressed as Burn's update weight `1 - 0.99`.
 pub const KERAS_BN_MOMENTUM: f64 = 0.01;
 
-/// A Keras-style BatchNormalization (epsilon 0.001, momentum 0.99).
-pub fn keras_batch_norm<B: Backend>(channels: usize, device: &B::Device) -> BatchNorm<B> {
+/// A Keras-style BatchNormalization (epsilon 0.001) whose running statistics move by
+/// `momentum` per step (Burn's convention; Keras' 0.99 is 0.01 here).
+pub fn keras_batch_norm<B: Backend>(channels: usize, momentum: f64, device: &B::Device) -> BatchNorm<B> {
     BatchNormConfig::new(channels)
         .with_epsilon(KERAS_BN_EPSILON)
-        .with_momentum(KERAS_BN_MOMENTUM)
+        .with_momentum(momentum)
         .init(device)
 }
 
@@ -32,6 +33,9 @@ pub struct ConvBnConfig {
     /// TensorFlow "same" padding (true) or "valid" (false).
     #[config(default = false)]
     pub same: bool,
+    /// Running-statistics update weight of the batch norm.
+    #[config(default = "KERAS_BN_MOMENTUM")]
+    pub bn_momentum: f64,
 }
 
 /// A bias-free convolution followed by batch normalisation (Keras `Conv2D(use_bias=False)` + BN).
@@ -53,7 +57,7 @@ impl ConvBnConfig {
             .init(device);
         ConvBn {
             conv,
-            bn: Some(keras_batch_norm(self.channels[1], device)),
+            bn: Some(keras_batch_norm(self.channels[1], self.bn_momentum, device)),
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct SeparableConvBnConfig {
     /// Square depthwise kernel size.
     #[config(default = 3)]
     pub kernel_size: usize,
+    /// Running-statistics update weight of the batch norm.
+    #[config(default = "KERAS_BN_MOMENTUM")]
+    pub bn_momentum: f64,
 }
 
 /// A depthwise 3x3 convolution (one filter per channel, "same" padding), a pointwise 1x1
@@ -114,7 +121,7 @@ impl SeparableConvBnConfig {
         SeparableConvBn {
             depthwise,
             pointwise,
-            bn: Some(keras_batch_norm(c_out, device)),
+            bn: Some(keras_batch_norm(c_out, self.bn_momentum, device)),
         }
     }
 }

@@ -10,7 +10,7 @@ use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig};
+use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
 use crate::error::AdCorreError;
 
 /// Smallest input side the network accepts (two valid 3x3 convs, the first with stride 2).
@@ -29,6 +29,10 @@ pub struct XceptionConfig {
     /// Number of middle-flow blocks (8 = Keras).
     #[config(default = 8)]
     pub middle_blocks: usize,
+    /// How far batch-norm running statistics move per training step (Keras' momentum 0.99 is
+    /// 0.01 here). Short trainings need more (e.g. 0.1) for inference statistics to catch up.
+    #[config(default = "KERAS_BN_MOMENTUM")]
+    pub bn_momentum: f64,
 }
 
 /// Channel counts of Keras' Xception, before the width multiplier.
@@ -54,6 +58,12 @@ impl XceptionConfig {
         if self.in_channels == 0 {
             return Err(AdCorreError::Config("in_channels must be at least 1".into()));
         }
+        if !(0.0..=1.0).contains(&self.bn_momentum) {
+            return Err(AdCorreError::Config(format!(
+                "bn_momentum must be in [0, 1], got {}",
+                self.bn_momentum
+            )));
+        }
         if !(self.width.is_finite() && self.width > 0.0) {
             return Err(AdCorreError::Config(format!(
                 "width must be a positive number, got {}",
@@ -67,23 +77,30 @@ impl XceptionConfig {
     /// error instead of a panic on a nonsensical configuration.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Xception<B> {
         let c = |n| self.channels(n);
+        let m = self.bn_momentum;
         let block1_conv1 = ConvBnConfig::new([self.in_channels, c(STEM[0])], 3)
             .with_stride(2)
+            .with_bn_momentum(m)
             .init(device);
-        let block1_conv2 = ConvBnConfig::new([c(STEM[0]), c(STEM[1])], 3).init(device);
-        let block2 = EntryBlockConfig::new(c(STEM[1]), c(ENTRY[0]), c(ENTRY[0]))
+        let block1_conv2 = ConvBnConfig::new([c(STEM[0]), c(STEM[1])], 3)
+            .with_bn_momentum(m)
+            .init(device);
+        let entry = |i, mid, o| EntryBlockConfig::new(i, mid, o).with_bn_momentum(m);
+        let block2 = entry(c(STEM[1]), c(ENTRY[0]), c(ENTRY[0]))
             .with_relu_first(false)
             .init(device);
-        let block3 = EntryBlockConfig::new(c(ENTRY[0]), c(ENTRY[1]), c(ENTRY[1])).init(device);
-        let block4 = EntryBlockConfig::new(c(ENTRY[1]), c(ENTRY[2]), c(ENTRY[2])).init(device);
+        let block3 = entry(c(ENTRY[0]), c(ENTRY[1]), c(ENTRY[1])).init(device);
+        let block4 = entry(c(ENTRY[1]), c(ENTRY[2]), c(ENTRY[2])).init(device);
         let middle = (0..self.middle_blocks)
-            .map(|_| MiddleBlockConfig::new(c(MIDDLE)).init(device))
+            .map(|_| MiddleBlockConfig::new(c(MIDDLE)).with_bn_momentum(m).init(device))
             .collect();
-        let block13 = EntryBlockConfig::new(c(ENTRY[2]), c(MIDDLE), c(EXIT_BLOCK)).init(device);
-        let block14_sepconv1 =
-            SeparableConvBnConfig::new([c(EXIT_BLOCK), c(EXIT_CONVS[0])]).init(device);
-        let block14_sepconv2 =
-            SeparableConvBnConfig::new([c(EXIT_CONVS[0]), c(EXIT_CONVS[1])]).init(device);
+        let block13 = entry(c(ENTRY[2]), c(MIDDLE), c(EXIT_BLOCK)).init(device);
+        let block14_sepconv1 = SeparableConvBnConfig::new([c(EXIT_BLOCK), c(EXIT_CONVS[0])])
+            .with_bn_momentum(m)
+            .init(device);
+        let block14_sepconv2 = SeparableConvBnConfig::new([c(EXIT_CONVS[0]), c(EXIT_CONVS[1])])
+            .with_bn_momentum(m)
+            .init(device);
         Xception {
             block1_conv1,
             block1_conv2,
@@ -183,6 +200,9 @@ pub struct EntryBlockConfig {
     /// Whether a ReLU precedes the first separable conv (false only for Keras' block 2).
     #[config(default = true)]
     pub relu_first: bool,
+    /// Running-statistics update weight of the batch norms.
+    #[config(default = "KERAS_BN_MOMENTUM")]
+    pub bn_momentum: f64,
 }
 
 /// A downsampling residual block (Keras blocks 2, 3, 4 and 13):
@@ -208,10 +228,13 @@ impl EntryBlockConfig {
             shortcut: ConvBnConfig::new([self.in_channels, self.out_channels], 1)
                 .with_stride(2)
                 .with_same(true)
+                .with_bn_momentum(self.bn_momentum)
                 .init(device),
             sepconv1: SeparableConvBnConfig::new([self.in_channels, self.mid_channels])
+                .with_bn_momentum(self.bn_momentum)
                 .init(device),
             sepconv2: SeparableConvBnConfig::new([self.mid_channels, self.out_channels])
+                .with_bn_momentum(self.bn_momentum)
                 .init(device),
             pool: same_max_pool(),
             relu_first: self.relu_first,
@@ -256,6 +279,9 @@ impl<B: Backend> EntryBlock<B> {
 pub struct MiddleBlockConfig {
     /// Channels (in = out).
     pub channels: usize,
+    /// Running-statistics update weight of the batch norms.
+    #[config(default = "KERAS_BN_MOMENTUM")]
+    pub bn_momentum: f64,
 }
 
 /// A middle-flow block: three `relu, sepconv-bn` with an identity shortcut.
@@ -270,7 +296,11 @@ impl MiddleBlockConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> MiddleBlock<B> {
         MiddleBlock {
             sepconvs: (0..3)
-                .map(|_| SeparableConvBnConfig::new([self.channels; 2]).init(device))
+                .map(|_| {
+                    SeparableConvBnConfig::new([self.channels; 2])
+                        .with_bn_momentum(self.bn_momentum)
+                        .init(device)
+                })
                 .collect(),
         }
     }

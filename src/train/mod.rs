@@ -1,0 +1,328 @@
+//! Training and evaluation: [`TrainModel`] (the release's entry point) runs the Ad-Corre loss
+//! over a dataset with Adam and Keras-style learning-rate decay, evaluates after every epoch,
+//! writes checkpoints atomically and can resume.
+
+pub mod state;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use burn::module::AutodiffModule;
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::Augmentation;
+use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
+use crate::data::{load_dataset, prepare, DatasetName, DatasetType, PackedImages};
+use crate::error::{AdCorreError, Result};
+use crate::loss::{argmax_rows, AdCorreLossConfig};
+use crate::metrics::{ConfusionMatrix, EvalMetrics};
+use crate::model::{save_model, AdCorreNet, AdCorreNetConfig, ModelCard};
+use state::TrainingRun;
+
+/// The architectures `train` accepts.
+pub const ARCHITECTURES: [&str; 1] = ["xcp"];
+
+/// Everything that shapes a training run (serialisable, so a run can be described by a file).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The network (the published architecture by default).
+    pub network: AdCorreNetConfig,
+    /// The loss (CE x 50 + adaptive FD + MD + ED by default).
+    pub loss: AdCorreLossConfig,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Samples per training step (the release uses 50).
+    pub batch_size: usize,
+    /// Adam learning rate (1e-3 as the release).
+    pub learning_rate: f64,
+    /// Keras-style decay: `lr / (1 + decay * step)` (1e-5 as the release).
+    pub lr_decay: f64,
+    /// Network input side; images are resized to it.
+    pub input_size: usize,
+    /// Training augmentation (`None` = resize only).
+    pub augmentation: Option<Augmentation>,
+    /// Draw training samples class-balanced.
+    pub class_balanced: bool,
+    /// Seed of initialisation, data order, augmentation and dropout.
+    pub seed: u64,
+    /// Data-loading worker threads (0 = on the training thread).
+    pub workers: usize,
+    /// Batch size of evaluation.
+    pub eval_batch_size: usize,
+    /// Stop after this many training steps in total (for smoke tests); `None` = all epochs.
+    pub max_steps: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            network: AdCorreNetConfig::new(),
+            loss: AdCorreLossConfig::default(),
+            epochs: 10,
+            batch_size: 50,
+            learning_rate: 1e-3,
+            lr_decay: 1e-5,
+            input_size: 224,
+            augmentation: Some(Augmentation::default()),
+            class_balanced: false,
+            seed: 0,
+            workers: 2,
+            eval_batch_size: 32,
+            max_steps: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reads a JSON config file (missing fields take their defaults).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|err| AdCorreError::io(path, err))?;
+        serde_json::from_str(&text)
+            .map_err(|err| AdCorreError::Config(format!("{}: {err}", path.display())))
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.network.validate()?;
+        self.loss.validate()?;
+        if self.batch_size == 0 || self.epochs == 0 || self.eval_batch_size == 0 {
+            return Err(AdCorreError::Config("epochs and batch sizes must be at least 1".into()));
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.lr_decay >= 0.0) {
+            return Err(AdCorreError::Config("learning rate must be positive, decay non-negative".into()));
+        }
+        if self.input_size < crate::model::xception::MIN_INPUT_SIZE {
+            return Err(AdCorreError::Config(format!("input size {} is too small", self.input_size)));
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `step` (Keras' time-based decay).
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        self.learning_rate / (1.0 + self.lr_decay * step as f64)
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Metrics after each epoch of this run (resumed epochs included from the state).
+    pub epochs: Vec<EvalMetrics>,
+    /// The checkpoint with the best evaluation accuracy.
+    pub best_checkpoint: Option<PathBuf>,
+    /// Training steps done in total.
+    pub steps: usize,
+    /// The loss terms of every step of this run, in order.
+    pub step_losses: Vec<crate::loss::LossValues>,
+}
+
+/// The release's training entry point:
+/// `TrainModel::new(DatasetName::AffectNet, DatasetType::Train7).train("xcp", "./")`.
+pub struct TrainModel {
+    dataset: DatasetName,
+    kind: DatasetType,
+    data_root: PathBuf,
+    config: TrainConfig,
+    prepared: Option<(PackedImages, PackedImages)>,
+    quiet: bool,
+}
+
+impl TrainModel {
+    /// Training on a split of a dataset (data under `./<dataset name>` unless
+    /// [`TrainModel::data_root`] says otherwise), evaluated on the matching evaluation split.
+    pub fn new(dataset: DatasetName, kind: DatasetType) -> Self {
+        Self {
+            dataset,
+            kind,
+            data_root: PathBuf::from(format!("{dataset:?}")),
+            config: TrainConfig::default(),
+            prepared: None,
+            quiet: false,
+        }
+    }
+
+    /// Where the dataset lives.
+    pub fn data_root(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_root = path.into();
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: TrainConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Number of epochs.
+    pub fn epochs(mut self, epochs: usize) -> Self {
+        self.config.epochs = epochs;
+        self
+    }
+
+    /// Training batch size.
+    pub fn batch_size(mut self, batch_size: usize) -> Self {
+        self.config.batch_size = batch_size;
+        self
+    }
+
+    /// Adam learning rate.
+    pub fn learning_rate(mut self, learning_rate: f64) -> Self {
+        self.config.learning_rate = learning_rate;
+        self
+    }
+
+    /// The loss configuration.
+    pub fn loss(mut self, loss: AdCorreLossConfig) -> Self {
+        self.config.loss = loss;
+        self
+    }
+
+    /// The network configuration.
+    pub fn network(mut self, network: AdCorreNetConfig) -> Self {
+        self.config.network = network;
+        self
+    }
+
+    /// Network input side.
+    pub fn input_size(mut self, size: usize) -> Self {
+        self.config.input_size = size;
+        self
+    }
+
+    /// The seed of the run.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.config.seed = seed;
+        self
+    }
+
+    /// Trains on data already prepared (train, eval) instead of loading the dataset.
+    pub fn with_prepared(mut self, train: PackedImages, eval: PackedImages) -> Self {
+        self.prepared = Some((train, eval));
+        self
+    }
+
+    /// No progress bar (for tests and logs).
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// The configuration as it stands.
+    pub fn current_config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Trains architecture `arch` ("xcp") on the default backend (CUDA with the `cuda`
+    /// feature, else the CPU). `weight_path` is a model file to start from, or a directory to
+    /// write into (resuming the run found there, if any).
+    pub fn train(&self, arch: &str, weight_path: impl AsRef<Path>) -> Result<TrainReport> {
+        #[cfg(feature = "cuda")]
+        {
+            self.train_on::<crate::backend::Autodiff<crate::backend::Cuda>>(arch, weight_path.as_ref(), &Default::default())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            self.train_on::<crate::backend::CpuAutodiff>(arch, weight_path.as_ref(), &Default::default())
+        }
+    }
+
+    /// [`TrainModel::train`] on a chosen autodiff backend and device.
+    pub fn train_on<B: AutodiffBackend>(
+        &self,
+        arch: &str,
+        weight_path: &Path,
+        device: &B::Device,
+    ) -> Result<TrainReport> {
+        if !ARCHITECTURES.contains(&arch) {
+            return Err(AdCorreError::Config(format!(
+                "unknown architecture '{arch}' (valid: {})",
+                ARCHITECTURES.join(", ")
+            )));
+        }
+        self.config.validate()?;
+        let (out_dir, start_from) = if weight_path.is_file() {
+            let parent = weight_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (parent.to_path_buf(), Some(weight_path.to_path_buf()))
+        } else {
+            (weight_path.to_path_buf(), None)
+        };
+        std::fs::create_dir_all(&out_dir).map_err(|err| AdCorreError::io(&out_dir, err))?;
+        let (train, eval) = self.data()?;
+        if train.num_classes != self.config.network.num_classes {
+            return Err(AdCorreError::Config(format!(
+                "the data has {} classes, the network {}",
+                train.num_classes, self.config.network.num_classes
+            )));
+        }
+        let run = TrainingRun {
+            out_dir,
+            dataset_name: format!("{:?}", self.dataset),
+            config: self.config.clone(),
+            quiet: self.quiet,
+        };
+        run.train::<B>(Arc::new(train), Arc::new(eval), start_from.as_deref(), device)
+    }
+
+    fn data(&self) -> Result<(PackedImages, PackedImages)> {
+        if let Some((train, eval)) = &self.prepared {
+            return Ok((train.clone(), eval.clone()));
+        }
+        let eval_kind = if self.kind.seven_classes() { DatasetType::Eval7 } else { DatasetType::Eval };
+        let (side, channels) = match self.dataset {
+            DatasetName::Fer2013 | DatasetName::FerPlus => (48, 1),
+            _ => (self.config.input_size, 3),
+        };
+        let load = |kind| -> Result<PackedImages> {
+            let dataset = load_dataset(self.dataset, kind, &self.data_root)?;
+            if dataset.is_empty() {
+                return Err(AdCorreError::Config(format!("{}: no samples", dataset.description)));
+            }
+            prepare(&dataset, side, channels, &|_| {})
+        };
+        Ok((load(self.kind)?, load(eval_kind)?))
+    }
+}
+
+/// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation).
+pub fn evaluate<B: Backend>(
+    model: &AdCorreNet<B>,
+    data: &Arc<PackedImages>,
+    input_size: usize,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<EvalMetrics> {
+    let dataset = FaceDataset::new(data.clone(), FaceDatasetConfig::eval(input_size));
+    let mut confusion = ConfusionMatrix::new(model.num_classes());
+    for batch in face_loader::<B>(dataset, batch_size, 0, device).iter() {
+        let predictions = argmax_rows(model.forward(batch.images).logits);
+        confusion.add(&batch.labels, &predictions)?;
+    }
+    Ok(confusion.metrics())
+}
+
+/// Writes a run's per-step log line (CSV with header on creation).
+pub(crate) fn append_log(path: &Path, line: &str) -> Result<()> {
+    let exists = path.exists();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| AdCorreError::io(path, err))?;
+    if !exists {
+        writeln!(file, "epoch,step,learning_rate,total,ce,fd,md,ed,batch_accuracy")
+            .map_err(|err| AdCorreError::io(path, err))?;
+    }
+    writeln!(file, "{line}").map_err(|err| AdCorreError::io(path, err))
+}
+
+/// Saves `model` (an autodiff model's inner network) as a checkpoint with its card.
+pub(crate) fn save_checkpoint<B: AutodiffBackend>(
+    model: &AdCorreNet<B>,
+    card: &ModelCard,
+    path: &Path,
+) -> Result<()> {
+    save_model(&model.valid(), card, path)
+}

@@ -1,0 +1,166 @@
+//! Training: the loss falls, the Ad-Corre terms matter, resume equals an uninterrupted run,
+//! metrics, checkpoints.
+
+mod common;
+
+use std::path::Path;
+
+use adcorre::atomic_file::write_atomically;
+use adcorre::backend::Cpu;
+use adcorre::data::{load_dataset, prepare, DatasetName, DatasetType, PackedImages};
+use adcorre::loss::AdCorreLossConfig;
+use adcorre::metrics::ConfusionMatrix;
+use adcorre::model::{load_model, AdCorreNetConfig, XceptionConfig};
+use adcorre::train::{TrainConfig, TrainModel};
+use adcorre::AdCorreError;
+use common::{max_abs_diff, values};
+
+/// `per_class` FER-2013 images of each class, 48x48 gray.
+fn fer_subset(kind: DatasetType, per_class: usize) -> PackedImages {
+    let mut data = load_dataset(DatasetName::Fer2013, kind, Path::new("../shared/data/fer2013")).unwrap();
+    let mut taken = [0usize; 7];
+    data.samples.retain(|s| {
+        taken[s.label] += 1;
+        taken[s.label] <= per_class
+    });
+    prepare(&data, 48, 1, &|_| {}).unwrap()
+}
+
+fn tiny_config(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        network: AdCorreNetConfig::new()
+            .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1).with_bn_momentum(0.1))
+            .with_num_heads(3)
+            .with_embedding_dim(16),
+        epochs,
+        batch_size: 14,
+        input_size: 40,
+        workers: 0,
+        seed: 5,
+        eval_batch_size: 16,
+        ..TrainConfig::default()
+    }
+}
+
+/// Burn's backend random generator (dropout) is process-wide: trainings running in parallel
+/// test threads would draw from it in turn and lose reproducibility. Each test holds this.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn trainer(config: TrainConfig) -> TrainModel {
+    TrainModel::new(DatasetName::Fer2013, DatasetType::Train)
+        .config(config)
+        .with_prepared(fer_subset(DatasetType::Train, 8), fer_subset(DatasetType::Eval, 3))
+        .quiet(true)
+}
+
+fn final_weights(dir: &Path, epoch: usize) -> Vec<f32> {
+    let name = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .find(|n| n.starts_with(&format!("{epoch}_Fer2013_AC_")) && n.ends_with(".mpk"))
+        .expect("checkpoint of the epoch");
+    let (model, _) = load_model::<Cpu>(&dir.join(name), &Default::default()).unwrap();
+    let mut all = values(model.heads.projection.weight.val().flatten::<1>(0, 1));
+    all.extend(values(model.backbone.block1_conv1.conv.weight.val().flatten::<1>(0, 3)));
+    all
+}
+
+#[test]
+fn training_lowers_the_loss_and_writes_checkpoints() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let report = trainer(tiny_config(4)).train("xcp", dir.path()).unwrap();
+    assert_eq!(report.steps, 16);
+    let totals: Vec<f64> = report.step_losses.iter().map(|l| l.total).collect();
+    let first: f64 = totals[..4].iter().sum::<f64>() / 4.0;
+    let last: f64 = totals[totals.len() - 4..].iter().sum::<f64>() / 4.0;
+    assert!(last < first, "loss did not fall: {totals:?}");
+    assert_eq!(report.epochs.len(), 4);
+    let best = report.best_checkpoint.unwrap();
+    assert!(best.exists());
+    assert!(best.with_extension("json").exists());
+    let log = std::fs::read_to_string(dir.path().join("training_log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 17, "header and one line per step");
+    for epoch in 1..=4 {
+        final_weights(dir.path(), epoch);
+    }
+}
+
+#[test]
+fn ad_corre_terms_change_the_weights() {
+    let _serial = serial();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    trainer(tiny_config(1)).train("xcp", a.path()).unwrap();
+    let ce_only = TrainConfig { loss: AdCorreLossConfig::cross_entropy_only(), ..tiny_config(1) };
+    trainer(ce_only).train("xcp", b.path()).unwrap();
+    let difference = max_abs_diff(&final_weights(a.path(), 1), &final_weights(b.path(), 1));
+    assert!(difference > 1e-4, "the discriminators did not change training ({difference})");
+}
+
+#[test]
+fn resuming_gives_the_weights_of_an_uninterrupted_run() {
+    let _serial = serial();
+    let (straight, resumed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    trainer(tiny_config(2)).train("xcp", straight.path()).unwrap();
+    trainer(tiny_config(1)).train("xcp", resumed.path()).unwrap();
+    let report = trainer(tiny_config(2)).train("xcp", resumed.path()).unwrap();
+    assert_eq!(report.epochs.len(), 2, "history carried over");
+    assert_eq!(report.steps, 8);
+    let difference = max_abs_diff(&final_weights(straight.path(), 2), &final_weights(resumed.path(), 2));
+    assert!(difference < 1e-5, "resumed weights differ by {difference}");
+}
+
+#[test]
+fn bad_training_requests_are_typed_errors() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let err = trainer(tiny_config(1)).train("resnet", dir.path()).unwrap_err();
+    assert!(matches!(err, AdCorreError::Config(ref m) if m.contains("xcp")), "{err}");
+    let eight_classes = TrainConfig {
+        network: tiny_config(1).network.with_num_classes(8),
+        ..tiny_config(1)
+    };
+    let err = trainer(eight_classes).train("xcp", dir.path()).unwrap_err();
+    assert!(matches!(err, AdCorreError::Config(_)), "{err}");
+    let diverging = TrainConfig { learning_rate: 1e30, ..tiny_config(3) };
+    let err = trainer(diverging).train("xcp", dir.path()).unwrap_err();
+    assert!(matches!(err, AdCorreError::NonFinite(_)), "{err}");
+}
+
+#[test]
+fn metrics_match_a_hand_computed_example() {
+    let mut confusion = ConfusionMatrix::new(3);
+    confusion.add(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 0]).unwrap();
+    let m = confusion.metrics();
+    assert_eq!(m.samples, 5);
+    assert!((m.accuracy - 0.6).abs() < 1e-12);
+    assert_eq!(m.recall, vec![0.5, 1.0, 0.0]);
+    assert!((m.precision[0] - 0.5).abs() < 1e-12 && (m.precision[1] - 2.0 / 3.0).abs() < 1e-12);
+    assert_eq!(m.precision[2], 0.0, "never predicted");
+    assert!((m.f1[1] - 0.8).abs() < 1e-12 && (m.f1[0] - 0.5).abs() < 1e-12 && m.f1[2] == 0.0);
+    assert!((m.average_class_accuracy - 0.5).abs() < 1e-12);
+    assert_eq!(m.support, vec![2, 2, 1]);
+    assert!(confusion.add(&[3], &[0]).is_err());
+}
+
+#[test]
+fn a_failed_checkpoint_write_leaves_the_previous_one_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.mpk");
+    let config = tiny_config(1).network;
+    let net = config.init::<Cpu>(&Default::default());
+    adcorre::model::save_model(&net, &adcorre::model::ModelCard::new(config), &path).unwrap();
+    // A write that cannot complete (its target's directory vanished) changes nothing else.
+    let err = write_atomically(&dir.path().join("gone/model.mpk"), b"partial").unwrap_err();
+    assert!(matches!(err, AdCorreError::Io { .. }));
+    // A crash mid-write leaves only a temporary file beside the checkpoint.
+    std::fs::write(dir.path().join(".model.mpk.tmp-999"), b"half a model").unwrap();
+    load_model::<Cpu>(&path, &Default::default()).unwrap();
+    let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+    assert_eq!(leftovers, 2);
+}
+
