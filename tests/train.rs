@@ -164,3 +164,39 @@ fn a_failed_checkpoint_write_leaves_the_previous_one_usable() {
     assert_eq!(leftovers, 2);
 }
 
+
+#[test]
+fn cli_trains_and_evaluates_from_a_config_file() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("config.json");
+    let config = TrainConfig { epochs: 1, batch_size: 50, input_size: 32, workers: 1, ..tiny_config(1) };
+    std::fs::write(&config_path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = dir.path().join("run");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_adcorre")).args(args).output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    let csv = "../shared/data/fer2013_sample.csv";
+    let text = run(&[
+        "train", "--dataset", "fer2013", "--data", csv, "--split", "train",
+        "--out", out.to_str().unwrap(), "--config", config_path.to_str().unwrap(),
+    ]);
+    assert!(text.contains("20 steps"), "{text}");
+    let best = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "mpk"))
+        .unwrap();
+    let prefix = dir.path().join("eval");
+    let json = run(&[
+        "eval", "--model", best.to_str().unwrap(), "--dataset", "fer2013", "--data", csv,
+        "--split", "eval", "--json", "--out", prefix.to_str().unwrap(),
+    ]);
+    let metrics: adcorre::metrics::EvalMetrics = serde_json::from_str(&json).unwrap();
+    assert_eq!(metrics.samples, 400);
+    assert_eq!(metrics.support.iter().sum::<u64>(), 400);
+    assert!(dir.path().join("eval_confusion.png").exists());
+    image::open(dir.path().join("eval_confusion.png")).unwrap();
+}

@@ -89,6 +89,65 @@ enum Command {
         #[arg(long, default_value = "packed")]
         layout: String,
     },
+    /// Train an Ad-Corre model (resumes the run found in --out, if any).
+    Train {
+        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
+        #[arg(long)]
+        dataset: String,
+        /// The dataset's root folder (or FER-2013 CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// train or train7 (evaluation uses the matching eval split).
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// Output folder: checkpoints, metrics, log, resume state.
+        #[arg(long)]
+        out: PathBuf,
+        /// A JSON training config (see TrainConfig); the flags below override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Start from this model (.mpk or .h5) instead of random weights.
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch: Option<usize>,
+        #[arg(long)]
+        lr: Option<f64>,
+        /// Network input side.
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Cross-entropy only (the ablation baseline).
+        #[arg(long)]
+        ce_only: bool,
+    },
+    /// Evaluate a model on a dataset split: accuracy, per-class metrics, confusion matrix.
+    Eval {
+        /// The model (.mpk or .h5).
+        #[arg(long)]
+        model: PathBuf,
+        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
+        #[arg(long)]
+        dataset: String,
+        /// The dataset's root folder (or FER-2013 CSV).
+        #[arg(long)]
+        data: PathBuf,
+        /// eval, eval7, test, train or train7.
+        #[arg(long, default_value = "eval")]
+        split: String,
+        /// Print the metrics as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also write OUT.json and OUT_confusion.png.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
     /// Measure inference latency and throughput (median after warm-up).
     Bench {
         /// The model (.mpk or .h5); without it, the published architecture (k = 7, 7 classes)
@@ -149,6 +208,43 @@ fn run(cli: Cli) -> Result<()> {
             channels,
             layout,
         } => prepare(&dataset, &data, &split, &out, size, channels, &layout),
+        Command::Train {
+            dataset,
+            data,
+            split,
+            out,
+            config,
+            from,
+            epochs,
+            batch,
+            lr,
+            size,
+            seed,
+            ce_only,
+        } => {
+            let mut train_config = match config {
+                Some(path) => adcorre::train::TrainConfig::from_file(&path)?,
+                None => adcorre::train::TrainConfig::default(),
+            };
+            train_config.epochs = epochs.unwrap_or(train_config.epochs);
+            train_config.batch_size = batch.unwrap_or(train_config.batch_size);
+            train_config.learning_rate = lr.unwrap_or(train_config.learning_rate);
+            train_config.input_size = size.unwrap_or(train_config.input_size);
+            train_config.seed = seed.unwrap_or(train_config.seed);
+            if ce_only {
+                train_config.loss = adcorre::loss::AdCorreLossConfig::cross_entropy_only();
+            }
+            train(&dataset, &data, &split, &out, train_config, from.as_deref())
+        }
+        Command::Eval {
+            model,
+            dataset,
+            data,
+            split,
+            json,
+            out,
+            batch,
+        } => eval(&model, &dataset, &data, &split, json, out.as_deref(), batch),
         Command::Bench {
             model,
             batch,
@@ -392,5 +488,90 @@ fn prepare(
         out.display(),
         loaded.skipped
     );
+    Ok(())
+}
+
+fn train(
+    dataset: &str,
+    data: &Path,
+    split: &str,
+    out: &Path,
+    config: adcorre::train::TrainConfig,
+    from: Option<&Path>,
+) -> Result<()> {
+    let trainer = adcorre::train::TrainModel::new(dataset.parse()?, split.parse()?)
+        .data_root(data)
+        .config(config);
+    let report = match from {
+        Some(model) => {
+            std::fs::create_dir_all(out).map_err(|err| AdCorreError::io(out, err))?;
+            let start = out.join("start.mpk");
+            let (net, card) = adcorre::infer::load_network::<Cpu>(model, &cpu_device())?;
+            adcorre::model::save_model(&net, &card, &start)?;
+            trainer.train("xcp", &start)?
+        }
+        None => trainer.train("xcp", out)?,
+    };
+    if let Some(last) = report.epochs.last() {
+        println!(
+            "{} steps; last eval accuracy {:.4} (average per class {:.4}); best: {}",
+            report.steps,
+            last.accuracy,
+            last.average_class_accuracy,
+            report.best_checkpoint.map(|p| p.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn eval(
+    model: &Path,
+    dataset: &str,
+    data: &Path,
+    split: &str,
+    json: bool,
+    out: Option<&Path>,
+    batch: usize,
+) -> Result<()> {
+    use std::sync::Arc;
+    let device = cpu_device();
+    let (net, card) = adcorre::infer::load_network::<Cpu>(model, &device)?;
+    let net = net.fold_batch_norm();
+    let name: adcorre::data::DatasetName = dataset.parse()?;
+    let loaded = adcorre::data::load_dataset(name, split.parse()?, data)?;
+    let (side, channels) = match name {
+        adcorre::data::DatasetName::Fer2013 | adcorre::data::DatasetName::FerPlus => (48, 1),
+        _ => (card.input_size, 3),
+    };
+    let bar = progress_bar(loaded.len(), "decoding");
+    let packed = adcorre::data::prepare(&loaded, side, channels, &|done| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let metrics = adcorre::train::evaluate(&net, &Arc::new(packed), card.input_size, batch, &device)?;
+    let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");
+    if let Some(prefix) = out {
+        let json_path = prefix.with_extension("json");
+        adcorre::atomic_file::write_atomically(&json_path, text.as_bytes())?;
+        let png = PathBuf::from(format!("{}_confusion.png", prefix.display()));
+        adcorre::metrics::plot::save_confusion_png(&metrics.confusion, &png)?;
+    }
+    if json {
+        println!("{text}");
+    } else {
+        println!(
+            "{} on {}: accuracy {:.4}, average per-class accuracy {:.4} ({} images)",
+            model.display(),
+            loaded.description,
+            metrics.accuracy,
+            metrics.average_class_accuracy,
+            metrics.samples
+        );
+        println!("  class      precision recall  f1     support");
+        for (label, name) in card.class_names.iter().enumerate() {
+            println!(
+                "  {name:<10} {:.3}     {:.3}   {:.3}  {}",
+                metrics.precision[label], metrics.recall[label], metrics.f1[label], metrics.support[label]
+            );
+        }
+    }
     Ok(())
 }
