@@ -21,6 +21,27 @@ struct Cli {
     command: Command,
 }
 
+/// Which dataset split to read.
+#[derive(clap::Args)]
+struct DatasetArgs {
+    /// affectnet, rafdb, fer2013, ferplus or imagefolder.
+    #[arg(long)]
+    dataset: String,
+    /// The dataset's root folder (or FER-2013 CSV).
+    #[arg(long)]
+    data: PathBuf,
+    /// train, train7, eval, eval7 or test (default: train, or eval for `eval`).
+    #[arg(long)]
+    split: Option<String>,
+}
+
+impl DatasetArgs {
+    fn load(&self, default_split: &str) -> Result<adcorre::data::FerDataset> {
+        let split = self.split.as_deref().unwrap_or(default_split);
+        adcorre::data::load_dataset(self.dataset.parse()?, split.parse()?, &self.data)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Convert a Keras .h5 Ad-Corre model (e.g. AffectNet_6336.h5) to an adcorre .mpk file.
@@ -52,30 +73,16 @@ enum Command {
     },
     /// Per-class counts of a dataset split, and everything skipped with the reason.
     DatasetInfo {
-        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
-        #[arg(long)]
-        dataset: String,
-        /// The dataset's root folder (or FER-2013 CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// train, train7, eval, eval7 or test.
-        #[arg(long, default_value = "train")]
-        split: String,
+        #[command(flatten)]
+        source: DatasetArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Decode, crop and resize a dataset split once, into a form that loads fast.
     Prepare {
-        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
-        #[arg(long)]
-        dataset: String,
-        /// The dataset's root folder (or FER-2013 CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// train, train7, eval, eval7 or test.
-        #[arg(long, default_value = "train")]
-        split: String,
+        #[command(flatten)]
+        source: DatasetArgs,
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
@@ -91,15 +98,9 @@ enum Command {
     },
     /// Train an Ad-Corre model (resumes the run found in --out, if any).
     Train {
-        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
-        #[arg(long)]
-        dataset: String,
-        /// The dataset's root folder (or FER-2013 CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// train or train7 (evaluation uses the matching eval split).
-        #[arg(long, default_value = "train")]
-        split: String,
+        /// The training split (train or train7; evaluation uses the matching eval split).
+        #[command(flatten)]
+        source: DatasetArgs,
         /// Output folder: checkpoints, metrics, log, resume state.
         #[arg(long)]
         out: PathBuf,
@@ -129,15 +130,8 @@ enum Command {
         /// The model (.mpk or .h5).
         #[arg(long)]
         model: PathBuf,
-        /// affectnet, rafdb, fer2013, ferplus or imagefolder.
-        #[arg(long)]
-        dataset: String,
-        /// The dataset's root folder (or FER-2013 CSV).
-        #[arg(long)]
-        data: PathBuf,
-        /// eval, eval7, test, train or train7.
-        #[arg(long, default_value = "eval")]
-        split: String,
+        #[command(flatten)]
+        source: DatasetArgs,
         /// Print the metrics as JSON.
         #[arg(long)]
         json: bool,
@@ -193,25 +187,16 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             images,
         } => predict(&model, json, embeddings, input_npy.as_deref(), batch, &images),
-        Command::DatasetInfo {
-            dataset,
-            data,
-            split,
-            json,
-        } => dataset_info(&dataset, &data, &split, json),
+        Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
-            dataset,
-            data,
-            split,
+            source,
             out,
             size,
             channels,
             layout,
-        } => prepare(&dataset, &data, &split, &out, size, channels, &layout),
+        } => prepare(&source, &out, size, channels, &layout),
         Command::Train {
-            dataset,
-            data,
-            split,
+            source,
             out,
             config,
             from,
@@ -234,17 +219,15 @@ fn run(cli: Cli) -> Result<()> {
             if ce_only {
                 train_config.loss = adcorre::loss::AdCorreLossConfig::cross_entropy_only();
             }
-            train(&dataset, &data, &split, &out, train_config, from.as_deref())
+            train(&source, &out, train_config, from.as_deref())
         }
         Command::Eval {
             model,
-            dataset,
-            data,
-            split,
+            source,
             json,
             out,
             batch,
-        } => eval(&model, &dataset, &data, &split, json, out.as_deref(), batch),
+        } => eval(&model, &source, json, out.as_deref(), batch),
         Command::Bench {
             model,
             batch,
@@ -412,18 +395,14 @@ fn bench(
     Ok(())
 }
 
-fn load_split(dataset: &str, data: &Path, split: &str) -> Result<adcorre::data::FerDataset> {
-    adcorre::data::load_dataset(dataset.parse()?, split.parse()?, data)
-}
-
 fn class_name(label: usize) -> String {
     adcorre::data::Expression::from_label(label)
         .map(|e| e.name().to_string())
         .unwrap_or_else(|| format!("class_{label}"))
 }
 
-fn dataset_info(dataset: &str, data: &Path, split: &str, json: bool) -> Result<()> {
-    let loaded = load_split(dataset, data, split)?;
+fn dataset_info(source: &DatasetArgs, json: bool) -> Result<()> {
+    let loaded = source.load("train")?;
     let counts = loaded.class_counts();
     if json {
         let classes: serde_json::Map<String, serde_json::Value> = counts
@@ -461,9 +440,7 @@ fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
 }
 
 fn prepare(
-    dataset: &str,
-    data: &Path,
-    split: &str,
+    source: &DatasetArgs,
     out: &Path,
     size: usize,
     channels: usize,
@@ -472,7 +449,7 @@ fn prepare(
     if !["packed", "release"].contains(&layout) {
         return Err(AdCorreError::Config(format!("unknown layout '{layout}' (packed or release)")));
     }
-    let loaded = load_split(dataset, data, split)?;
+    let loaded = source.load("train")?;
     let bar = progress_bar(loaded.len(), "decoding");
     let packed = adcorre::data::prepare(&loaded, size, channels, &|done| bar.set_position(done as u64))?;
     bar.finish();
@@ -492,15 +469,14 @@ fn prepare(
 }
 
 fn train(
-    dataset: &str,
-    data: &Path,
-    split: &str,
+    source: &DatasetArgs,
     out: &Path,
     config: adcorre::train::TrainConfig,
     from: Option<&Path>,
 ) -> Result<()> {
-    let trainer = adcorre::train::TrainModel::new(dataset.parse()?, split.parse()?)
-        .data_root(data)
+    let split = source.split.as_deref().unwrap_or("train");
+    let trainer = adcorre::train::TrainModel::new(source.dataset.parse()?, split.parse()?)
+        .data_root(&source.data)
         .config(config);
     let report = match from {
         Some(model) => {
@@ -526,9 +502,7 @@ fn train(
 
 fn eval(
     model: &Path,
-    dataset: &str,
-    data: &Path,
-    split: &str,
+    source: &DatasetArgs,
     json: bool,
     out: Option<&Path>,
     batch: usize,
@@ -537,8 +511,8 @@ fn eval(
     let device = cpu_device();
     let (net, card) = adcorre::infer::load_network::<Cpu>(model, &device)?;
     let net = net.fold_batch_norm();
-    let name: adcorre::data::DatasetName = dataset.parse()?;
-    let loaded = adcorre::data::load_dataset(name, split.parse()?, data)?;
+    let name: adcorre::data::DatasetName = source.dataset.parse()?;
+    let loaded = source.load("eval")?;
     let (side, channels) = match name {
         adcorre::data::DatasetName::Fer2013 | adcorre::data::DatasetName::FerPlus => (48, 1),
         _ => (card.input_size, 3),

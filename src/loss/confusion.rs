@@ -5,7 +5,8 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{AdCorreError, Result};
+use crate::error::Result;
+use crate::metrics::check_label_pairs;
 
 /// The last `capacity` (label, prediction) pairs seen on the training stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,21 +29,7 @@ impl ConfusionWindow {
 
     /// Adds a batch of labels and predictions, dropping the oldest pairs beyond capacity.
     pub fn update(&mut self, labels: &[usize], predictions: &[usize]) -> Result<()> {
-        if labels.len() != predictions.len() {
-            return Err(AdCorreError::Shape {
-                what: "predictions".into(),
-                expected: format!("{} entries, one per label", labels.len()),
-                got: vec![predictions.len()],
-            });
-        }
-        for &class in labels.iter().chain(predictions) {
-            if class >= self.num_classes {
-                return Err(AdCorreError::UnknownLabel {
-                    label: class as i64,
-                    num_classes: self.num_classes,
-                });
-            }
-        }
+        check_label_pairs(labels, predictions, self.num_classes)?;
         for pair in labels.iter().copied().zip(predictions.iter().copied()) {
             if self.pairs.len() == self.capacity {
                 self.pairs.pop_front();

@@ -27,20 +27,8 @@ impl ConfusionMatrix {
 
     /// Adds labels and predictions.
     pub fn add(&mut self, labels: &[usize], predictions: &[usize]) -> Result<()> {
-        if labels.len() != predictions.len() {
-            return Err(AdCorreError::Shape {
-                what: "predictions".into(),
-                expected: format!("{} entries", labels.len()),
-                got: vec![predictions.len()],
-            });
-        }
+        check_label_pairs(labels, predictions, self.num_classes)?;
         for (&t, &p) in labels.iter().zip(predictions) {
-            if t >= self.num_classes || p >= self.num_classes {
-                return Err(AdCorreError::UnknownLabel {
-                    label: t.max(p) as i64,
-                    num_classes: self.num_classes,
-                });
-            }
             self.counts[t * self.num_classes + p] += 1;
         }
         Ok(())
@@ -87,6 +75,24 @@ impl ConfusionMatrix {
             support,
             confusion: self.clone(),
         }
+    }
+}
+
+/// Checks that labels and predictions pair up and are all below `num_classes`.
+pub fn check_label_pairs(labels: &[usize], predictions: &[usize], num_classes: usize) -> Result<()> {
+    if labels.len() != predictions.len() {
+        return Err(AdCorreError::Shape {
+            what: "predictions".into(),
+            expected: format!("{} entries, one per label", labels.len()),
+            got: vec![predictions.len()],
+        });
+    }
+    match labels.iter().chain(predictions).find(|&&class| class >= num_classes) {
+        Some(&class) => Err(AdCorreError::UnknownLabel {
+            label: class as i64,
+            num_classes,
+        }),
+        None => Ok(()),
     }
 }
 
