@@ -21,6 +21,39 @@ struct Cli {
     command: Command,
 }
 
+/// Options of `adcorre bench`.
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The model (.mpk or .h5); without it, the published architecture (7 classes) with
+    /// untrained weights, which runs at the same speed.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Images per forward pass (or training step).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Input side in pixels (default: the model's input size).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Timed runs.
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
+    #[arg(long)]
+    no_fold: bool,
+    /// Time training steps (forward, Ad-Corre loss, backward, Adam) instead of inference.
+    #[arg(long)]
+    train: bool,
+    /// Embedding heads k of the untrained network (the PyTorch peer script uses 10).
+    #[arg(long, default_value_t = 7)]
+    heads: usize,
+    /// flex, ndarray or cuda (as compiled in); default: the default CPU backend.
+    #[arg(long)]
+    backend: Option<String>,
+}
+
 /// Which dataset split to read.
 #[derive(clap::Args)]
 struct DatasetArgs {
@@ -143,27 +176,7 @@ enum Command {
         batch: usize,
     },
     /// Measure inference latency and throughput (median after warm-up).
-    Bench {
-        /// The model (.mpk or .h5); without it, the published architecture (k = 7, 7 classes)
-        /// with untrained weights, which runs at the same speed.
-        #[arg(long)]
-        model: Option<PathBuf>,
-        /// Images per forward pass.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// Input side in pixels (default: the model's input size).
-        #[arg(long)]
-        size: Option<usize>,
-        /// Timed forward passes.
-        #[arg(long, default_value_t = 10)]
-        iters: usize,
-        /// Print one JSON object.
-        #[arg(long)]
-        json: bool,
-        /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
-        #[arg(long)]
-        no_fold: bool,
-    },
+    Bench(BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -228,14 +241,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             batch,
         } => eval(&model, &source, json, out.as_deref(), batch),
-        Command::Bench {
-            model,
-            batch,
-            size,
-            iters,
-            json,
-            no_fold,
-        } => bench(model.as_deref(), batch, size, iters, json, no_fold),
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -333,63 +339,97 @@ fn predict(
     Ok(())
 }
 
-fn bench(
-    model: Option<&Path>,
-    batch: usize,
-    size: Option<usize>,
-    iters: usize,
-    json: bool,
-    no_fold: bool,
-) -> Result<()> {
-    use adcorre::model::{AdCorreNetConfig, ModelCard};
-    use burn::tensor::{Distribution, Tensor};
-    use std::time::Instant;
+fn bench(args: &BenchArgs) -> Result<()> {
+    match args.backend.as_deref() {
+        None => bench_on::<Cpu>(args),
+        #[cfg(feature = "flex")]
+        Some("flex") => bench_on::<adcorre::backend::Flex>(args),
+        #[cfg(feature = "ndarray")]
+        Some("ndarray") => bench_on::<adcorre::backend::NdArray>(args),
+        #[cfg(feature = "cuda")]
+        Some("cuda") => bench_on::<adcorre::backend::Cuda>(args),
+        Some(other) => Err(AdCorreError::Config(format!(
+            "backend '{other}' is not compiled in (features: flex, ndarray, cuda)"
+        ))),
+    }
+}
 
-    let device = cpu_device();
-    let (net, card) = match model {
-        Some(path) => adcorre::infer::load_network::<Cpu>(path, &device)?,
+/// Median seconds of `iters` runs of `run` after two warm-up runs.
+fn median_seconds(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        run()?;
+    }
+    let mut seconds = Vec::with_capacity(iters);
+    for _ in 0..iters.max(1) {
+        let start = std::time::Instant::now();
+        run()?;
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    seconds.sort_by(f64::total_cmp);
+    Ok(seconds[seconds.len() / 2])
+}
+
+fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
+    use adcorre::backend::Autodiff;
+    use adcorre::model::{AdCorreNetConfig, ModelCard};
+    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use burn::tensor::{Distribution, Tensor};
+
+    let device = B::Device::default();
+    let (net, card) = match &args.model {
+        Some(path) => adcorre::infer::load_network::<Autodiff<B>>(path, &device)?,
         None => {
-            let config = AdCorreNetConfig::new();
-            (config.init(&device), ModelCard::new(config))
+            let config = AdCorreNetConfig::new().with_num_heads(args.heads);
+            (config.try_init(&device)?, ModelCard::new(config))
         }
     };
-    let net = if no_fold { net } else { net.fold_batch_norm() };
-    let size = size.unwrap_or(card.input_size);
-    let (batch, iters) = (batch.max(1), iters.max(1));
-    let images = Tensor::<Cpu, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
-    net.check_input(images.dims())?;
-    let run = || {
-        let out = net.forward(images.clone());
-        let _ = out.logits.into_data();
+    let size = args.size.unwrap_or(card.input_size);
+    let batch = args.batch.max(1);
+    let backend = std::any::type_name::<B>().rsplit("::").next().unwrap_or("backend").to_string();
+    let median = if args.train {
+        let labels: Vec<usize> = (0..batch).map(|i| i % card.network.num_classes).collect();
+        let images = Tensor::<Autodiff<B>, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        net.check_input(images.dims())?;
+        let mut loss = adcorre::loss::AdCorreLossConfig::default().init(card.network.num_classes)?;
+        let mut optimizer = AdamConfig::new().with_epsilon(1e-7).init();
+        let mut model = Some(net);
+        median_seconds(args.iters, || {
+            let net = model.take().expect("model returned by the last step");
+            let out = net.forward(images.clone());
+            let terms = loss.forward(out.logits, out.embeddings, &labels)?;
+            let grads = GradientsParams::from_grads(terms.total.backward(), &net);
+            model = Some(optimizer.step(1e-4, net, grads));
+            B::sync(&device).map_err(|err| AdCorreError::Config(format!("device error: {err:?}")))
+        })?
+    } else {
+        use burn::module::AutodiffModule;
+        let net = net.valid();
+        let net = if args.no_fold { net } else { net.fold_batch_norm() };
+        let images = Tensor::<B, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        net.check_input(images.dims())?;
+        median_seconds(args.iters, || {
+            let _ = net.forward(images.clone()).logits.into_data();
+            Ok(())
+        })?
     };
-    for _ in 0..2 {
-        run();
-    }
-    let mut seconds: Vec<f64> = (0..iters)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    seconds.sort_by(f64::total_cmp);
-    let median = seconds[seconds.len() / 2];
-    let backend = std::any::type_name::<Cpu>().rsplit("::").next().unwrap_or("cpu").to_string();
-    if json {
+    let mode = if args.train { "train step" } else { "inference" };
+    if args.json {
         println!(
             "{}",
             serde_json::json!({
-                "backend": backend, "batch_norm_folded": !no_fold, "batch": batch, "size": size, "iters": iters,
+                "backend": backend, "mode": mode, "batch_norm_folded": !args.no_fold && !args.train,
+                "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
                 "images_per_s": batch as f64 / median,
             })
         );
     } else {
         println!(
-            "{backend} inference {size}x{size} batch {batch}: median {:.1} ms per batch, {:.1} ms/image, {:.2} images/s ({iters} runs)",
+            "{backend} {mode} {size}x{size} batch {batch}: median {:.1} ms per batch, {:.1} ms/image, {:.2} images/s ({} runs)",
             median * 1e3,
             median * 1e3 / batch as f64,
-            batch as f64 / median
+            batch as f64 / median,
+            args.iters
         );
     }
     Ok(())
