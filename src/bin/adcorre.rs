@@ -346,8 +346,14 @@ fn bench(args: &BenchArgs) -> Result<()> {
         Some("flex") => bench_on::<adcorre::backend::Flex>(args),
         #[cfg(feature = "ndarray")]
         Some("ndarray") => bench_on::<adcorre::backend::NdArray>(args),
+        // Burn's CUDA runtime panics when no driver or GPU is present: report it as an error.
         #[cfg(feature = "cuda")]
-        Some("cuda") => bench_on::<adcorre::backend::Cuda>(args),
+        Some("cuda") => std::panic::catch_unwind(|| bench_on::<adcorre::backend::Cuda>(args))
+            .unwrap_or_else(|_| {
+                Err(AdCorreError::Config(
+                    "the CUDA backend failed to start (no NVIDIA driver or GPU here?)".into(),
+                ))
+            }),
         Some(other) => Err(AdCorreError::Config(format!(
             "backend '{other}' is not compiled in (features: flex, ndarray, cuda)"
         ))),
