@@ -295,3 +295,26 @@ fn folding_batch_norm_keeps_outputs_and_cannot_be_saved() {
     let err = model_to_bytes(&folded, &ModelCard::new(config)).unwrap_err();
     assert!(matches!(err, AdCorreError::Config(_)), "{err}");
 }
+
+#[test]
+fn cards_written_before_a_field_existed_still_load() {
+    let device = Default::default();
+    let config = small_config();
+    let net = config.init::<B>(&device);
+    // A card as written before `bn_momentum` existed.
+    let mut card = serde_json::to_value(ModelCard::new(config.clone())).unwrap();
+    card["network"]["backbone"].as_object_mut().unwrap().remove("bn_momentum");
+    let record = (
+        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
+        card.to_string(),
+        burn::module::Module::into_record(net),
+    );
+    let bytes = burn::record::Recorder::<B>::record(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
+        record,
+        (),
+    )
+    .unwrap();
+    let (_, loaded) = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap();
+    assert_eq!(loaded.network, config, "missing field takes its default");
+}

@@ -125,8 +125,7 @@ pub fn model_from_bytes<B: Backend>(
     if format != MODEL_FORMAT {
         return Err(format!("format '{format}', expected '{MODEL_FORMAT}'"));
     }
-    let card: ModelCard =
-        serde_json::from_str(&card_json).map_err(|err| format!("bad model card: {err}"))?;
+    let card = parse_card(&card_json)?;
     card.validate().map_err(|err| err.to_string())?;
     let fresh = card.network.init_lazy::<B>(device);
     let expected = parameter_shapes(&fresh);
@@ -145,6 +144,36 @@ pub fn model_from_bytes<B: Backend>(
         }
     }
     Ok((model, card))
+}
+
+/// Reads a card, filling architecture fields that files written before those fields existed
+/// lack with their defaults (Burn's config derive would reject a missing field).
+fn parse_card(json: &str) -> std::result::Result<ModelCard, String> {
+    let mut card: serde_json::Value =
+        serde_json::from_str(json).map_err(|err| format!("bad model card: {err}"))?;
+    if let Some(network) = card.get_mut("network") {
+        let mut merged = serde_json::to_value(AdCorreNetConfig::new()).expect("config serialises");
+        merge_json(&mut merged, network.take());
+        *network = merged;
+    }
+    serde_json::from_value(card).map_err(|err| format!("bad model card: {err}"))
+}
+
+/// Overwrites `base` with every value present in `update`, recursing into objects.
+fn merge_json(base: &mut serde_json::Value, update: serde_json::Value) {
+    match (base, update) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(update)) => {
+            for (key, value) in update {
+                match base.get_mut(&key) {
+                    Some(slot) => merge_json(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
 }
 
 /// The number of values in the network's tensors, trainable and running statistics alike
