@@ -559,10 +559,7 @@ fn eval(
     let net = net.fold_batch_norm();
     let name: adcorre::data::DatasetName = source.dataset.parse()?;
     let loaded = source.load("eval")?;
-    let (side, channels) = match name {
-        adcorre::data::DatasetName::Fer2013 | adcorre::data::DatasetName::FerPlus => (48, 1),
-        _ => (card.input_size, 3),
-    };
+    let (side, channels) = name.prepared_format(card.input_size);
     let bar = progress_bar(loaded.len(), "decoding");
     let packed = adcorre::data::prepare(&loaded, side, channels, &|done| bar.set_position(done as u64))?;
     bar.finish_and_clear();

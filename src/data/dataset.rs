@@ -53,6 +53,18 @@ impl DatasetType {
     }
 }
 
+impl DatasetName {
+    /// Side and channels to prepare this dataset's images at: FER-2013 and FER+ keep their
+    /// native 48x48 grayscale (resized to the network input in the pipeline), the others are
+    /// stored as RGB at the network's input size.
+    pub fn prepared_format(self, input_size: usize) -> (usize, usize) {
+        match self {
+            DatasetName::Fer2013 | DatasetName::FerPlus => (48, 1),
+            _ => (input_size, 3),
+        }
+    }
+}
+
 impl std::str::FromStr for DatasetName {
     type Err = AdCorreError;
     fn from_str(s: &str) -> Result<Self> {
@@ -250,4 +262,22 @@ pub(crate) fn malformed(path: &Path, line: usize, reason: impl std::fmt::Display
 /// Reads a text file, with the path in the error.
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|err| AdCorreError::io(path, err))
+}
+
+/// Entries of a directory, sorted by name.
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|err| AdCorreError::io(dir, err))?
+        .map(|entry| entry.map(|e| e.path()).map_err(|err| AdCorreError::io(dir, err)))
+        .collect::<Result<Vec<_>>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
+/// Whether a file name has a common image extension.
+pub(crate) fn is_image_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
+        .iter()
+        .any(|ext| lower.ends_with(ext))
 }

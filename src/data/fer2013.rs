@@ -9,7 +9,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::dataset::{malformed, read_text, split_csv_line, DatasetType, FerDataset, ImageSource, Sample};
+use super::dataset::{
+    is_image_name, malformed, read_text, sorted_entries, split_csv_line, DatasetType, FerDataset,
+    ImageSource, Sample,
+};
 use crate::error::{AdCorreError, Result};
 
 /// FER-2013's emotion codes (0 Angry .. 6 Neutral) in the release's label order.
@@ -110,7 +113,7 @@ pub fn load_csv(path: &Path, kind: DatasetType) -> Result<FerDataset> {
 }
 
 /// Parses 2,304 space-separated 0-255 values.
-fn parse_pixels(text: &str) -> std::result::Result<Arc<[u8]>, String> {
+pub(crate) fn parse_pixels(text: &str) -> std::result::Result<Arc<[u8]>, String> {
     let pixels = text
         .split_ascii_whitespace()
         .map(|v| v.parse::<u8>().map_err(|_| format!("pixel value '{v}' is not in 0-255")))
@@ -179,22 +182,4 @@ pub fn load_folders(root: &Path, kind: DatasetType) -> Result<FerDataset> {
         )));
     }
     Ok(dataset)
-}
-
-/// Entries of a directory, sorted by name.
-pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(|err| AdCorreError::io(dir, err))?
-        .map(|entry| entry.map(|e| e.path()).map_err(|err| AdCorreError::io(dir, err)))
-        .collect::<Result<Vec<_>>>()?;
-    entries.sort();
-    Ok(entries)
-}
-
-/// Whether a file name has a common image extension.
-pub(crate) fn is_image_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    [".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"]
-        .iter()
-        .any(|ext| lower.ends_with(ext))
 }

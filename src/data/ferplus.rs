@@ -148,13 +148,13 @@ fn all_rows(csv: &Path) -> Result<Vec<ImageSource>> {
         let fields = split_csv_line(line);
         let pixels = fields
             .get(1)
-            .map(|p| p.split_ascii_whitespace().filter_map(|v| v.parse::<u8>().ok()).collect::<Vec<u8>>())
-            .filter(|p| p.len() == (fer2013::SIDE * fer2013::SIDE) as usize)
-            .ok_or_else(|| malformed(csv, index + 1, "expected emotion,pixels,Usage with 2304 pixels"))?;
+            .ok_or_else(|| "expected emotion,pixels,Usage".to_string())
+            .and_then(|p| fer2013::parse_pixels(p))
+            .map_err(|reason| malformed(csv, index + 1, reason))?;
         rows.push(ImageSource::Gray {
             width: fer2013::SIDE,
             height: fer2013::SIDE,
-            pixels: pixels.into(),
+            pixels,
         });
     }
     Ok(rows)

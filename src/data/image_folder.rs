@@ -4,8 +4,7 @@
 
 use std::path::Path;
 
-use super::dataset::{DatasetType, FerDataset, ImageSource, Sample};
-use super::fer2013::{is_image_name, sorted_entries};
+use super::dataset::{is_image_name, sorted_entries, DatasetType, FerDataset, ImageSource, Sample};
 use crate::error::{AdCorreError, Result};
 
 /// The label of a class folder name, if it names an expression.

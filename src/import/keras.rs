@@ -279,7 +279,8 @@ impl KerasFile {
         })
     }
 
-    fn weight_shape(&self, layer: &str, name: &str) -> Result<Vec<usize>> {
+    /// The dataset of weight `name` of `layer`, with its shape.
+    fn weight_dataset(&self, layer: &str, name: &str) -> Result<(hdf5_pure::Dataset, Vec<usize>)> {
         let path = self.weight_path(layer, name)?;
         let dataset = self
             .file
@@ -288,12 +289,16 @@ impl KerasFile {
         let shape = dataset
             .shape()
             .map_err(|err| self.layer_error(layer, format!("weight '{name}' unreadable ({err})")))?;
-        Ok(shape.into_iter().map(|d| d as usize).collect())
+        Ok((dataset, shape.into_iter().map(|d| d as usize).collect()))
+    }
+
+    fn weight_shape(&self, layer: &str, name: &str) -> Result<Vec<usize>> {
+        Ok(self.weight_dataset(layer, name)?.1)
     }
 
     /// Reads weight `name` of `layer`, checking its Keras shape.
     fn weight(&self, layer: &str, name: &str, expected: &[usize]) -> Result<Vec<f32>> {
-        let shape = self.weight_shape(layer, name)?;
+        let (dataset, shape) = self.weight_dataset(layer, name)?;
         if shape != expected {
             return Err(AdCorreError::KerasShape {
                 path: self.path.clone(),
@@ -302,11 +307,6 @@ impl KerasFile {
                 got: shape,
             });
         }
-        let path = self.weight_path(layer, name)?;
-        let dataset = self
-            .file
-            .dataset(&path)
-            .map_err(|err| self.layer_error(layer, format!("weight '{name}' missing ({err})")))?;
         dataset
             .read_f32()
             .or_else(|_| dataset.read_f64().map(|v| v.into_iter().map(|x| x as f32).collect()))

@@ -120,6 +120,8 @@ pub struct AdCorreLossTerms<B: Backend> {
     pub md: Tensor<B, 1>,
     /// Embedding Discriminator (unweighted).
     pub ed: Tensor<B, 1>,
+    /// The batch's predicted classes (argmax of the logits), as fed to the confusion window.
+    pub predictions: Vec<usize>,
 }
 
 /// The loss terms of a batch as numbers, for logging.
@@ -218,6 +220,7 @@ impl AdCorreLoss {
             fd,
             md,
             ed,
+            predictions,
         })
     }
 }

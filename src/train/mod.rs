@@ -126,7 +126,7 @@ pub struct TrainModel {
     kind: DatasetType,
     data_root: PathBuf,
     config: TrainConfig,
-    prepared: Option<(PackedImages, PackedImages)>,
+    prepared: Option<(Arc<PackedImages>, Arc<PackedImages>)>,
     quiet: bool,
 }
 
@@ -200,7 +200,7 @@ impl TrainModel {
 
     /// Trains on data already prepared (train, eval) instead of loading the dataset.
     pub fn with_prepared(mut self, train: PackedImages, eval: PackedImages) -> Self {
-        self.prepared = Some((train, eval));
+        self.prepared = Some((Arc::new(train), Arc::new(eval)));
         self
     }
 
@@ -263,18 +263,15 @@ impl TrainModel {
             config: self.config.clone(),
             quiet: self.quiet,
         };
-        run.train::<B>(Arc::new(train), Arc::new(eval), start_from.as_deref(), device)
+        run.train::<B>(train, eval, start_from.as_deref(), device)
     }
 
-    fn data(&self) -> Result<(PackedImages, PackedImages)> {
+    fn data(&self) -> Result<(Arc<PackedImages>, Arc<PackedImages>)> {
         if let Some((train, eval)) = &self.prepared {
             return Ok((train.clone(), eval.clone()));
         }
         let eval_kind = if self.kind.seven_classes() { DatasetType::Eval7 } else { DatasetType::Eval };
-        let (side, channels) = match self.dataset {
-            DatasetName::Fer2013 | DatasetName::FerPlus => (48, 1),
-            _ => (self.config.input_size, 3),
-        };
+        let (side, channels) = self.dataset.prepared_format(self.config.input_size);
         let load = |kind| -> Result<PackedImages> {
             let dataset = load_dataset(self.dataset, kind, &self.data_root)?;
             if dataset.is_empty() {
@@ -282,7 +279,7 @@ impl TrainModel {
             }
             prepare(&dataset, side, channels, &|_| {})
         };
-        Ok((load(self.kind)?, load(eval_kind)?))
+        Ok((Arc::new(load(self.kind)?), Arc::new(load(eval_kind)?)))
     }
 }
 

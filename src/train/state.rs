@@ -18,7 +18,7 @@ use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
 use crate::data::PackedImages;
 use crate::error::{AdCorreError, Result};
 use crate::infer::load_network;
-use crate::loss::{argmax_rows, AdCorreLoss};
+use crate::loss::AdCorreLoss;
 use crate::metrics::plot::save_confusion_png;
 use crate::metrics::EvalMetrics;
 use crate::model::{load_model, AdCorreNet, ModelCard};
@@ -151,7 +151,6 @@ impl TrainingRun {
                     return Ok(self.report(&state, step_losses));
                 }
                 let out = model.forward(batch.images);
-                let predictions = argmax_rows(out.logits.clone());
                 let terms = state.loss.forward(out.logits, out.embeddings, &batch.labels)?;
                 let values = terms.values().map_err(|err| {
                     AdCorreError::NonFinite(format!(
@@ -165,7 +164,7 @@ impl TrainingRun {
                 let gradients = GradientsParams::from_grads(terms.total.backward(), &model);
                 model = optimizer.step(learning_rate, model, gradients);
                 state.step += 1;
-                let correct = predictions.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+                let correct = terms.predictions.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
                 running = (running.0 + correct, running.1 + batch.labels.len());
                 append_log(
                     &log_path,
