@@ -46,6 +46,9 @@ pub enum AdCorreError {
     /// A loss or metric became NaN or infinite.
     #[error("non-finite value in {0}")]
     NonFinite(String),
+    /// Multi-device training failed (a replica stopped, or a collective operation failed).
+    #[error("multi-device training: {0}")]
+    Devices(String),
     /// A file is not a Keras HDF5 model (or not one of the Ad-Corre architecture).
     #[error("{path}: not a Keras HDF5 Ad-Corre model: {reason}")]
     NotKerasModel {

@@ -317,3 +317,19 @@ fn class_balanced_sampling_evens_out_classes() {
         assert!((share - 1.0 / 7.0).abs() < 0.03, "class share {share} in {counts:?}");
     }
 }
+
+#[test]
+fn class_subsets_are_balanced_reproducible_and_in_file_order() {
+    let root = Path::new("../shared/data/fer2013");
+    let full = load_dataset(DatasetName::Fer2013, DatasetType::Train, root).unwrap();
+    let subset = full.class_subset(400, 1);
+    // Disgust has 436 training images, every class at least 400.
+    assert_eq!(subset.class_counts(), vec![400; 7]);
+    let position = |s: &adcorre::data::Sample| full.samples.iter().position(|f| f == s).unwrap();
+    let positions: Vec<usize> = subset.samples.iter().map(position).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "not in file order");
+    assert_eq!(subset.samples, full.class_subset(400, 1).samples, "same seed, other subset");
+    assert_ne!(subset.samples, full.class_subset(400, 2).samples, "the seed is ignored");
+    // Classes with fewer images keep all of them (Disgust is label 5).
+    assert_eq!(full.class_subset(500, 1).class_counts(), vec![500, 500, 500, 500, 500, 436, 500]);
+}

@@ -200,3 +200,61 @@ fn cli_trains_and_evaluates_from_a_config_file() {
     assert!(dir.path().join("eval_confusion.png").exists());
     image::open(dir.path().join("eval_confusion.png")).unwrap();
 }
+
+#[test]
+fn two_devices_follow_the_loss_trajectory_of_one() {
+    let _serial = serial();
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let config = |devices: Vec<usize>| {
+        let mut config = TrainConfig { devices, ..tiny_config(2) };
+        config.network.dropout = 0.0;
+        config
+    };
+    let single = trainer(config(vec![0])).train("xcp", one.path()).unwrap();
+    let device = adcorre::backend::cpu_device();
+    let parallel = trainer(config(vec![0, 0]))
+        .train_on_devices::<adcorre::backend::CpuAutodiff>("xcp", two.path(), &[device, device])
+        .unwrap();
+    assert_eq!(single.steps, parallel.steps);
+    let pairs: Vec<(f64, f64)> =
+        single.step_losses.iter().zip(&parallel.step_losses).map(|(a, b)| (a.total, b.total)).collect();
+    println!("total loss, one device vs two: {pairs:?}");
+    // The loss is computed on the whole batch either way; what differs is that each device
+    // normalises its half batch with its own batch-norm statistics.
+    for (step, (a, b)) in pairs.iter().enumerate() {
+        assert!((a - b).abs() <= 0.05 * a.abs(), "step {step}: one device {a}, two {b}");
+    }
+    let (first, last) = (pairs[0].1, pairs[pairs.len() - 1].1);
+    assert!(last < first, "two devices did not lower the loss: {pairs:?}");
+}
+
+#[test]
+fn a_time_budget_ends_training_with_an_evaluated_checkpoint() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let config = TrainConfig { time_budget_s: Some(2.0), ..tiny_config(200) };
+    let report = trainer(config).train("xcp", dir.path()).unwrap();
+    assert!(report.steps >= 1, "no step was taken");
+    assert!(report.epochs.len() < 200, "the budget did not stop training");
+    let last = report.epochs.len();
+    final_weights(dir.path(), last);
+    assert!(report.best_checkpoint.unwrap().exists());
+}
+
+#[test]
+fn committed_configs_parse_and_validate() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("configs").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let config = TrainConfig::from_file(&path).unwrap_or_else(|err| panic!("{err}"));
+            config.validate().unwrap_or_else(|err| panic!("{}: {err}", path.display()));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 2, "configs/ has {seen} configs");
+    let typo = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(typo.path(), r#"{"epoch": 3}"#).unwrap();
+    let err = TrainConfig::from_file(typo.path()).unwrap_err().to_string();
+    assert!(err.contains("epoch"), "{err}");
+}

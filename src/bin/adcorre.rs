@@ -157,6 +157,13 @@ enum Command {
         /// Cross-entropy only (the ablation baseline).
         #[arg(long)]
         ce_only: bool,
+        /// Devices to train on, data-parallel (CUDA GPU numbers, e.g. 0,1,2,3; on the CPU,
+        /// 0,0 runs two replicas in parallel threads).
+        #[arg(long, value_delimiter = ',')]
+        devices: Option<Vec<usize>>,
+        /// Train on at most this many images per class (a class-balanced subset).
+        #[arg(long)]
+        max_per_class: Option<usize>,
     },
     /// Evaluate a model on a dataset split: accuracy, per-class metrics, confusion matrix.
     Eval {
@@ -219,6 +226,8 @@ fn run(cli: Cli) -> Result<()> {
             size,
             seed,
             ce_only,
+            devices,
+            max_per_class,
         } => {
             let mut train_config = match config {
                 Some(path) => adcorre::train::TrainConfig::from_file(&path)?,
@@ -229,6 +238,8 @@ fn run(cli: Cli) -> Result<()> {
             train_config.learning_rate = lr.unwrap_or(train_config.learning_rate);
             train_config.input_size = size.unwrap_or(train_config.input_size);
             train_config.seed = seed.unwrap_or(train_config.seed);
+            train_config.devices = devices.unwrap_or(train_config.devices);
+            train_config.max_per_class = max_per_class.or(train_config.max_per_class);
             if ce_only {
                 train_config.loss = adcorre::loss::AdCorreLossConfig::cross_entropy_only();
             }

@@ -209,6 +209,33 @@ impl FerDataset {
     pub fn labels(&self) -> Vec<usize> {
         self.samples.iter().map(|s| s.label).collect()
     }
+
+    /// A class-balanced subset: at most `per_class` samples of each class, drawn at random
+    /// (reproducibly from `seed`) and kept in file order. Classes with fewer samples keep all.
+    pub fn class_subset(&self, per_class: usize, seed: u64) -> FerDataset {
+        let mut keys: Vec<(u64, usize)> = (0..self.samples.len())
+            .map(|index| (crate::data::augment::SplitMix64::for_sample(seed, 0, index as u64).next_u64(), index))
+            .collect();
+        keys.sort_unstable();
+        let mut taken = vec![0usize; self.num_classes];
+        let mut chosen: Vec<usize> = keys
+            .into_iter()
+            .filter_map(|(_, index)| {
+                let count = &mut taken[self.samples[index].label];
+                (*count < per_class).then(|| {
+                    *count += 1;
+                    index
+                })
+            })
+            .collect();
+        chosen.sort_unstable();
+        FerDataset {
+            description: format!("{} (at most {per_class} per class, seed {seed})", self.description),
+            samples: chosen.into_iter().map(|index| self.samples[index].clone()).collect(),
+            num_classes: self.num_classes,
+            skipped: self.skipped.clone(),
+        }
+    }
 }
 
 /// Loads a split of a dataset from `root` (see each format's module for the layout expected).

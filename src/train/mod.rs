@@ -2,6 +2,7 @@
 //! over a dataset with Adam and Keras-style learning-rate decay, evaluates after every epoch,
 //! writes checkpoints atomically and can resume.
 
+mod replicas;
 pub mod state;
 
 use std::io::Write;
@@ -27,7 +28,7 @@ pub const ARCHITECTURES: [&str; 1] = ["xcp"];
 
 /// Everything that shapes a training run (serialisable, so a run can be described by a file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// The network (the published architecture by default).
     pub network: AdCorreNetConfig,
@@ -47,14 +48,24 @@ pub struct TrainConfig {
     pub augmentation: Option<Augmentation>,
     /// Draw training samples class-balanced.
     pub class_balanced: bool,
+    /// Train on a class-balanced subset: at most this many images per class, drawn with
+    /// `seed` (`None` = the whole training split). Evaluation always uses the whole split.
+    pub max_per_class: Option<usize>,
     /// Seed of initialisation, data order, augmentation and dropout.
     pub seed: u64,
     /// Data-loading worker threads (0 = on the training thread).
     pub workers: usize,
+    /// Devices to train on, by index (CUDA GPU numbers). Several devices train data-parallel:
+    /// each step's batch is split across them. The CPU has one device; listing it n times
+    /// runs n replicas on it in parallel threads.
+    pub devices: Vec<usize>,
     /// Batch size of evaluation.
     pub eval_batch_size: usize,
     /// Stop after this many training steps in total (for smoke tests); `None` = all epochs.
     pub max_steps: Option<usize>,
+    /// Wall-clock budget of this run in seconds: when it is spent, the current epoch ends
+    /// early (evaluated and checkpointed like any other) and training stops. `None` = no limit.
+    pub time_budget_s: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -69,10 +80,13 @@ impl Default for TrainConfig {
             input_size: 224,
             augmentation: Some(Augmentation::default()),
             class_balanced: false,
+            max_per_class: None,
             seed: 0,
             workers: 2,
+            devices: vec![0],
             eval_batch_size: 32,
             max_steps: None,
+            time_budget_s: None,
         }
     }
 }
@@ -85,11 +99,22 @@ impl TrainConfig {
             .map_err(|err| AdCorreError::Config(format!("{}: {err}", path.display())))
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the configuration describes a run that can start.
+    pub fn validate(&self) -> Result<()> {
         self.network.validate()?;
         self.loss.validate()?;
-        if self.batch_size == 0 || self.epochs == 0 || self.eval_batch_size == 0 {
-            return Err(AdCorreError::Config("epochs and batch sizes must be at least 1".into()));
+        if self.batch_size == 0 || self.epochs == 0 || self.eval_batch_size == 0 || self.max_per_class == Some(0) {
+            return Err(AdCorreError::Config("epochs, batch sizes and max_per_class must be at least 1".into()));
+        }
+        if self.devices.is_empty() {
+            return Err(AdCorreError::Config("the device list is empty".into()));
+        }
+        if self.devices.len() > self.batch_size {
+            return Err(AdCorreError::Config(format!(
+                "a batch of {} cannot be split across {} devices",
+                self.batch_size,
+                self.devices.len()
+            )));
         }
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0 && self.lr_decay >= 0.0) {
             return Err(AdCorreError::Config("learning rate must be positive, decay non-negative".into()));
@@ -192,6 +217,12 @@ impl TrainModel {
         self
     }
 
+    /// The devices to train on, by index (see [`TrainConfig::devices`]).
+    pub fn devices(mut self, devices: Vec<usize>) -> Self {
+        self.config.devices = devices;
+        self
+    }
+
     /// The seed of the run.
     pub fn seed(mut self, seed: u64) -> Self {
         self.config.seed = seed;
@@ -216,17 +247,15 @@ impl TrainModel {
     }
 
     /// Trains architecture `arch` ("xcp") on the default backend (CUDA with the `cuda`
-    /// feature, else the CPU). `weight_path` is a model file to start from, or a directory to
-    /// write into (resuming the run found there, if any).
+    /// feature, else the CPU) and the configured devices. `weight_path` is a model file to start
+    /// from, or a directory to write into (resuming the run found there, if any).
     pub fn train(&self, arch: &str, weight_path: impl AsRef<Path>) -> Result<TrainReport> {
         #[cfg(feature = "cuda")]
-        {
-            self.train_on::<crate::backend::Autodiff<crate::backend::Cuda>>(arch, weight_path.as_ref(), &Default::default())
-        }
+        type Train = crate::backend::Autodiff<crate::backend::Cuda>;
         #[cfg(not(feature = "cuda"))]
-        {
-            self.train_on::<crate::backend::CpuAutodiff>(arch, weight_path.as_ref(), &Default::default())
-        }
+        type Train = crate::backend::CpuAutodiff;
+        let devices: Vec<_> = self.config.devices.iter().map(|&index| device_by_index::<Train>(index)).collect();
+        self.train_on_devices::<Train>(arch, weight_path.as_ref(), &devices)
     }
 
     /// [`TrainModel::train`] on a chosen autodiff backend and device.
@@ -235,6 +264,18 @@ impl TrainModel {
         arch: &str,
         weight_path: &Path,
         device: &B::Device,
+    ) -> Result<TrainReport> {
+        self.train_on_devices::<B>(arch, weight_path, std::slice::from_ref(device))
+    }
+
+    /// [`TrainModel::train`] on a chosen autodiff backend, data-parallel over `devices` (the
+    /// configured device indices are not used). The first device holds data loading,
+    /// evaluation and checkpoints.
+    pub fn train_on_devices<B: AutodiffBackend>(
+        &self,
+        arch: &str,
+        weight_path: &Path,
+        devices: &[B::Device],
     ) -> Result<TrainReport> {
         if !ARCHITECTURES.contains(&arch) {
             return Err(AdCorreError::Config(format!(
@@ -263,7 +304,7 @@ impl TrainModel {
             config: self.config.clone(),
             quiet: self.quiet,
         };
-        run.train::<B>(train, eval, start_from.as_deref(), device)
+        run.train::<B>(train, eval, start_from.as_deref(), devices)
     }
 
     fn data(&self) -> Result<(Arc<PackedImages>, Arc<PackedImages>)> {
@@ -272,8 +313,11 @@ impl TrainModel {
         }
         let eval_kind = if self.kind.seven_classes() { DatasetType::Eval7 } else { DatasetType::Eval };
         let (side, channels) = self.dataset.prepared_format(self.config.input_size);
-        let load = |kind| -> Result<PackedImages> {
-            let dataset = load_dataset(self.dataset, kind, &self.data_root)?;
+        let load = |kind: DatasetType| -> Result<PackedImages> {
+            let mut dataset = load_dataset(self.dataset, kind, &self.data_root)?;
+            if let (Some(per_class), true) = (self.config.max_per_class, kind.is_train()) {
+                dataset = dataset.class_subset(per_class, self.config.seed);
+            }
             if dataset.is_empty() {
                 return Err(AdCorreError::Config(format!("{}: no samples", dataset.description)));
             }
@@ -281,6 +325,12 @@ impl TrainModel {
         };
         Ok((Arc::new(load(self.kind)?), Arc::new(load(eval_kind)?)))
     }
+}
+
+/// The device numbered `index` of a backend (CUDA GPU `index`; the CPU backends have one).
+pub fn device_by_index<B: Backend>(index: usize) -> B::Device {
+    use burn::tensor::backend::{Device as _, DeviceId};
+    B::Device::from_id(DeviceId::new(0, index as u16))
 }
 
 /// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation).

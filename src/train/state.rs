@@ -12,6 +12,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use super::replicas::{Replicas, StepOutput};
 use super::{append_log, evaluate, save_checkpoint, TrainConfig, TrainReport};
 use crate::atomic_file::write_atomically;
 use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
@@ -56,7 +57,7 @@ impl ResumeState {
     }
 }
 
-type ModelOptimizer<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, AdCorreNet<B>, B>;
+pub(crate) type ModelOptimizer<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, AdCorreNet<B>, B>;
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// One training run: where it writes and how it trains.
@@ -68,17 +69,22 @@ pub(crate) struct TrainingRun {
 }
 
 impl TrainingRun {
+    /// Trains on `devices` (data-parallel when there are several; the first holds the data
+    /// loader, evaluation and checkpoints).
     pub fn train<B: AutodiffBackend>(
         &self,
         train: Arc<PackedImages>,
         eval: Arc<PackedImages>,
         start_from: Option<&Path>,
-        device: &B::Device,
+        devices: &[B::Device],
     ) -> Result<TrainReport> {
         let config = &self.config;
+        let device = devices
+            .first()
+            .ok_or_else(|| AdCorreError::Config("training needs at least one device".into()))?;
         B::seed(device, config.seed);
         let mut optimizer: ModelOptimizer<B> = AdamConfig::new().with_epsilon(1e-7).init();
-        let (mut model, mut state, card) = match ResumeState::find(&self.out_dir)? {
+        let (model, mut state, card) = match ResumeState::find(&self.out_dir)? {
             Some(state) => {
                 let folder = self.out_dir.join(&state.folder);
                 let (model, card) = load_model::<B>(&folder.join("model.mpk"), device)?;
@@ -140,7 +146,15 @@ impl TrainingRun {
         let log_path = self.out_dir.join("training_log.csv");
         let mut step_losses = Vec::new();
         let mut running = (0usize, 0usize);
+        let mut engine = if devices.len() > 1 {
+            Engine::Replicated(Replicas::start(model, optimizer, state.loss.clone(), devices)?)
+        } else {
+            Engine::Local(model, optimizer)
+        };
 
+        let started = std::time::Instant::now();
+        let budget_spent = || config.time_budget_s.is_some_and(|budget| started.elapsed().as_secs_f64() >= budget);
+        let mut out_of_time = false;
         for epoch in state.epochs_done..config.epochs {
             train_data.set_epoch(epoch as u64);
             B::seed(device, config.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9));
@@ -150,21 +164,28 @@ impl TrainingRun {
                     bar.finish_and_clear();
                     return Ok(self.report(&state, step_losses));
                 }
-                let out = model.forward(batch.images);
-                let terms = state.loss.forward(out.logits, out.embeddings, &batch.labels)?;
-                let values = terms.values().map_err(|err| {
-                    AdCorreError::NonFinite(format!(
-                        "{err} at epoch {} step {}; training stopped, the last checkpoint in {} is intact",
+                if budget_spent() {
+                    out_of_time = true;
+                    break;
+                }
+                let learning_rate = config.learning_rate_at(state.step);
+                let (next, output) = engine.step(batch.images, &batch.labels, learning_rate, &mut state.loss);
+                engine = next;
+                let output = output.map_err(|err| match err {
+                    AdCorreError::NonFinite(what) => AdCorreError::NonFinite(format!(
+                        "{what} at epoch {} step {}; training stopped, the last checkpoint in {} is intact",
                         epoch + 1,
                         state.step + 1,
                         self.out_dir.display()
-                    ))
+                    )),
+                    other => other,
                 })?;
-                let learning_rate = config.learning_rate_at(state.step);
-                let gradients = GradientsParams::from_grads(terms.total.backward(), &model);
-                model = optimizer.step(learning_rate, model, gradients);
+                let Some(StepOutput { values, predictions }) = output else {
+                    bar.inc(1);
+                    continue;
+                };
                 state.step += 1;
-                let correct = terms.predictions.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
+                let correct = predictions.iter().zip(&batch.labels).filter(|(p, l)| p == l).count();
                 running = (running.0 + correct, running.1 + batch.labels.len());
                 append_log(
                     &log_path,
@@ -192,6 +213,7 @@ impl TrainingRun {
                 ));
                 step_losses.push(values);
             }
+            let (model, optimizer) = engine.current(&mut state.loss)?;
             let inner = model.valid().fold_batch_norm();
             let inner_device = inner.devices()[0].clone();
             let metrics = evaluate(&inner, &eval, config.input_size, config.eval_batch_size, &inner_device)?;
@@ -214,6 +236,12 @@ impl TrainingRun {
             state.history.push(metrics);
             state.epochs_done = epoch + 1;
             self.save_state(&model, &optimizer, &card, &mut state)?;
+            if out_of_time || budget_spent() {
+                if !self.quiet {
+                    bar.println(format!("time budget spent: stopped after {} steps", state.step));
+                }
+                break;
+            }
         }
         bar.finish_and_clear();
         Ok(self.report(&state, step_losses))
@@ -250,5 +278,57 @@ impl TrainingRun {
             std::fs::remove_dir_all(self.out_dir.join(previous)).ok();
         }
         Ok(())
+    }
+}
+
+/// Who takes the training steps: the model on one device, or its replicas on several.
+pub(crate) enum Engine<B: AutodiffBackend> {
+    Local(AdCorreNet<B>, ModelOptimizer<B>),
+    Replicated(Replicas<B>),
+}
+
+impl<B: AutodiffBackend> Engine<B> {
+    /// One step on a batch; `Ok(None)` when the batch was skipped (fewer images than devices).
+    pub(crate) fn step(
+        self,
+        images: Tensor<B, 4>,
+        labels: &[usize],
+        learning_rate: f64,
+        loss: &mut AdCorreLoss,
+    ) -> (Self, Result<Option<StepOutput>>) {
+        match self {
+            Engine::Local(model, mut optimizer) => {
+                let out = model.forward(images);
+                let step = loss
+                    .forward(out.logits, out.embeddings, labels)
+                    .and_then(|terms| Ok((terms.values()?, terms)));
+                match step {
+                    Ok((values, terms)) => {
+                        let gradients = GradientsParams::from_grads(terms.total.backward(), &model);
+                        let model = optimizer.step(learning_rate, model, gradients);
+                        let output = StepOutput { values, predictions: terms.predictions };
+                        (Engine::Local(model, optimizer), Ok(Some(output)))
+                    }
+                    Err(err) => (Engine::Local(model, optimizer), Err(err)),
+                }
+            }
+            Engine::Replicated(mut replicas) => {
+                let output = replicas.step(images, labels, learning_rate);
+                (Engine::Replicated(replicas), output)
+            }
+        }
+    }
+
+    /// The model and optimizer as they stand (replica 0's with several devices, whose loss
+    /// state then replaces `loss`).
+    pub(crate) fn current(&mut self, loss: &mut AdCorreLoss) -> Result<(AdCorreNet<B>, ModelOptimizer<B>)> {
+        match self {
+            Engine::Local(model, optimizer) => Ok((model.clone(), optimizer.clone())),
+            Engine::Replicated(replicas) => {
+                let snapshot = replicas.snapshot()?;
+                *loss = snapshot.loss;
+                Ok((snapshot.model, snapshot.optimizer))
+            }
+        }
     }
 }
