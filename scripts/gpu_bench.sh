@@ -6,7 +6,7 @@
 #
 # Prepare on the development machine (the binary + this script stay under 64 MiB):
 #   cargo build --release --features cuda --bin adcorre
-#   mkdir -p gpu && cp target/release/adcorre gpu/adcorre && strip gpu/adcorre
+#   mkdir -p gpu && strip -o gpu/adcorre target/release/adcorre && xz -9 -f gpu/adcorre   # about 8.5 MB
 #   cp ../shared/bench/torch_xcp.py gpu/         # in case ../shared is not beside the checkout
 # Run on the GPU machine from the repository root:
 #   bash scripts/gpu_bench.sh [BATCH] [SIZE]
@@ -15,6 +15,11 @@ cd "$(dirname "$0")/.."
 batch=${1:-64}
 size=${2:-224}
 bin=gpu/adcorre
+if [ ! -x "$bin" ] && [ -f gpu/adcorre.xz ]; then
+    bin=${TMPDIR:-/tmp}/adcorre_bench/adcorre
+    mkdir -p "$(dirname "$bin")"
+    python3 -c "import lzma,sys; sys.stdout.buffer.write(lzma.open('gpu/adcorre.xz').read())" > "$bin" && chmod +x "$bin"
+fi
 torch_script=""
 for candidate in gpu/torch_xcp.py ../shared/bench/torch_xcp.py shared/bench/torch_xcp.py; do
     if [ -f "$candidate" ]; then torch_script=$candidate; break; fi

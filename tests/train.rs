@@ -127,8 +127,15 @@ fn bad_training_requests_are_typed_errors() {
     let err = trainer(eight_classes).train("xcp", dir.path()).unwrap_err();
     assert!(matches!(err, AdCorreError::Config(_)), "{err}");
     let diverging = TrainConfig { learning_rate: 1e30, ..tiny_config(3) };
-    let err = trainer(diverging).train("xcp", dir.path()).unwrap_err();
+    let err = trainer(diverging.clone()).train("xcp", dir.path()).unwrap_err();
     assert!(matches!(err, AdCorreError::NonFinite(_)), "{err}");
+    // The same on two devices: every replica stops, none is left waiting.
+    let other = tempfile::tempdir().unwrap();
+    let err = trainer(TrainConfig { devices: vec![0, 0], ..diverging }).train("xcp", other.path()).unwrap_err();
+    assert!(matches!(err, AdCorreError::NonFinite(_)), "{err}");
+    let too_many = TrainConfig { devices: vec![0; 15], ..tiny_config(1) };
+    let err = trainer(too_many).train("xcp", other.path()).unwrap_err();
+    assert!(err.to_string().contains("cannot be split across 15 devices"), "{err}");
 }
 
 #[test]

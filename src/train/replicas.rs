@@ -123,15 +123,18 @@ impl<B: AutodiffBackend> Replicas<B> {
             replica.commands.send(command).map_err(|_| stopped(index))?;
             offset += rows;
         }
-        let mut first = None;
+        // Every replica's reply is read before an error is returned, so that none is left
+        // queued for the next command.
+        let mut outputs = Vec::with_capacity(replicas);
         for (index, replica) in self.replicas.iter().enumerate() {
-            match replica.replies.recv().map_err(|_| stopped(index))? {
-                Reply::Step(output) => {
-                    let output = output?;
-                    first.get_or_insert(output);
-                }
-                Reply::Snapshot(_) => return Err(AdCorreError::Devices("unexpected reply".into())),
-            }
+            outputs.push(match replica.replies.recv().map_err(|_| stopped(index))? {
+                Reply::Step(output) => output,
+                Reply::Snapshot(_) => Err(AdCorreError::Devices("unexpected reply".into())),
+            });
+        }
+        let mut first = None;
+        for output in outputs {
+            first.get_or_insert(output?);
         }
         Ok(first)
     }
