@@ -265,3 +265,25 @@ fn committed_configs_parse_and_validate() {
     let err = TrainConfig::from_file(typo.path()).unwrap_err().to_string();
     assert!(err.contains("epoch"), "{err}");
 }
+
+#[test]
+fn confusion_picture_shades_rows_and_writes_percentages() {
+    let mut confusion = ConfusionMatrix::new(2);
+    confusion.add(&[0, 0, 0, 1, 1], &[0, 0, 0, 0, 1]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("confusion.png");
+    adcorre::metrics::plot::save_confusion_png(&confusion, &path).unwrap();
+    let picture = image::open(&path).unwrap().to_rgb8();
+    assert_eq!(picture.dimensions(), (99, 99), "18 px of labels + 2 cells of 40 + 1");
+    let cell = |row: u32, column: u32| -> Vec<[u8; 3]> {
+        let (x0, y0) = (18 + column * 40 + 4, 18 + row * 40 + 4);
+        (y0..y0 + 32).flat_map(|y| (x0..x0 + 32).map(move |x| (x, y))).map(|(x, y)| picture.get_pixel(x, y).0).collect()
+    };
+    let full = cell(0, 0);
+    assert!(full.contains(&[8, 48, 107]), "100% is dark blue");
+    assert!(full.contains(&[255, 255, 255]), "with the percentage in white");
+    let empty = cell(0, 1);
+    assert!(empty.contains(&[255, 255, 255]) && empty.contains(&[40, 40, 40]), "0% is white with dark text");
+    let half = cell(1, 1);
+    assert!(half.contains(&[132, 152, 181]), "50% is half way: {:?}", &half[..3]);
+}
