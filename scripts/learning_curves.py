@@ -10,6 +10,7 @@ average per-class accuracy, mean training cross-entropy and batch accuracy) and 
 """
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -81,9 +82,10 @@ def main():
     ces = [r["train_ce"] for _, rows in series for r in rows if "train_ce" in r]
     svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="760" height="300" font-family="sans-serif">',
            '<rect width="760" height="300" fill="white"/>']
-    svg += panel(60, 30, 300, 220, "evaluation accuracy", series, "accuracy", 0.0, max(accuracies) * 1.1)
+    svg += panel(60, 30, 300, 220, "evaluation accuracy", series, "accuracy", 0.0,
+                 math.ceil(max(accuracies) * 10) / 10)
     svg += panel(440, 30, 300, 220, "training cross-entropy (epoch mean)", series, "train_ce",
-                 min(ces) * 0.95, max(ces) * 1.05)
+                 math.floor(min(ces) * 100) / 100, math.ceil(max(ces) * 100) / 100)
     svg.append("</svg>")
     with open(prefix + ".svg", "w") as f:
         f.write("\n".join(svg) + "\n")

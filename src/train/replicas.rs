@@ -10,6 +10,7 @@
 //! across replicas (Burn's gradient exchange), and every replica takes the same Adam step, so the
 //! trainable weights stay identical. Batch-norm statistics are those of each replica's shard (as
 //! in PyTorch's DDP without SyncBatchNorm); checkpoints carry replica 0's running statistics.
+//! Burn's collective state is global per backend: one multi-device run at a time per process.
 
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -139,25 +140,14 @@ impl<B: AutodiffBackend> Replicas<B> {
         Ok(first)
     }
 
-    /// Every replica's model, optimizer and loss state, in device order.
-    pub fn snapshots(&mut self) -> Result<Vec<Snapshot<B>>> {
-        for (index, replica) in self.replicas.iter().enumerate() {
-            replica.commands.send(Command::Snapshot).map_err(|_| stopped(index))?;
+    /// Replica `index`'s model, optimizer and loss state (replica 0's is what checkpoints hold).
+    pub fn snapshot(&mut self, index: usize) -> Result<Snapshot<B>> {
+        let replica = &self.replicas[index];
+        replica.commands.send(Command::Snapshot).map_err(|_| stopped(index))?;
+        match replica.replies.recv().map_err(|_| stopped(index))? {
+            Reply::Snapshot(snapshot) => Ok(*snapshot),
+            Reply::Step(_) => Err(AdCorreError::Devices("unexpected reply".into())),
         }
-        self.replicas
-            .iter()
-            .enumerate()
-            .map(|(index, replica)| match replica.replies.recv().map_err(|_| stopped(index))? {
-                Reply::Snapshot(snapshot) => Ok(*snapshot),
-                Reply::Step(_) => Err(AdCorreError::Devices("unexpected reply".into())),
-            })
-            .collect()
-    }
-
-    /// Replica 0's model, optimizer and loss state: what a checkpoint holds.
-    pub fn snapshot(&mut self) -> Result<Snapshot<B>> {
-        let mut all = self.snapshots()?;
-        Ok(all.swap_remove(0))
     }
 }
 
@@ -349,7 +339,7 @@ mod tests {
         }
         let (single_model, _) = single.current(&mut single_loss).unwrap();
         let Engine::Replicated(mut replicas) = replicated else { unreachable!() };
-        let snapshots = replicas.snapshots().unwrap();
+        let snapshots = [replicas.snapshot(0).unwrap(), replicas.snapshot(1).unwrap()];
         let (first, second) = (trainable(&snapshots[0].model), trainable(&snapshots[1].model));
         assert_eq!(first, second, "the replicas' weights drifted apart");
         let moved = max_abs_diff(&trainable(&single_model), &initial);

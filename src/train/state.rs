@@ -325,7 +325,7 @@ impl<B: AutodiffBackend> Engine<B> {
         match self {
             Engine::Local(model, optimizer) => Ok((model.clone(), optimizer.clone())),
             Engine::Replicated(replicas) => {
-                let snapshot = replicas.snapshot()?;
+                let snapshot = replicas.snapshot(0)?;
                 *loss = snapshot.loss;
                 Ok((snapshot.model, snapshot.optimizer))
             }
