@@ -308,9 +308,13 @@ mod tests {
             .with_num_heads(3)
             .with_embedding_dim(8)
             .with_dropout(0.0);
+        <CpuAutodiff as Backend>::seed(&device, 11);
         let model = network.init::<CpuAutodiff>(&device);
         let initial = trainable(&model);
-        let optimizer: ModelOptimizer<CpuAutodiff> = AdamConfig::new().with_epsilon(1e-7).init();
+        // Adam divides each gradient by its own magnitude, which turns rounding-level
+        // differences of near-zero gradients into full-size steps; a large epsilon keeps those
+        // steps small so that the comparison measures the data-parallel machinery.
+        let optimizer: ModelOptimizer<CpuAutodiff> = AdamConfig::new().with_epsilon(1e-2).init();
         let loss = AdCorreLossConfig::default().init(7).unwrap();
         let half = Tensor::<CpuAutodiff, 4>::random([4, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
         let images = Tensor::cat(vec![half.clone(), half], 0);
@@ -344,6 +348,7 @@ mod tests {
         assert_eq!(first, second, "the replicas' weights drifted apart");
         let moved = max_abs_diff(&trainable(&single_model), &initial);
         let difference = max_abs_diff(&trainable(&single_model), &first);
+        println!("weights moved by up to {moved}; one device vs replicas: {difference}");
         assert!(difference < 1e-5, "replicated weights differ from one device's by {difference}");
         assert!(moved > 1e-3, "training did not move the weights ({moved})");
         assert_eq!(snapshots[0].loss, single_loss, "the confusion windows differ");
