@@ -154,7 +154,6 @@ impl TrainingRun {
 
         let started = std::time::Instant::now();
         let budget_spent = || config.time_budget_s.is_some_and(|budget| started.elapsed().as_secs_f64() >= budget);
-        let mut out_of_time = false;
         for epoch in state.epochs_done..config.epochs {
             train_data.set_epoch(epoch as u64);
             B::seed(device, config.seed ^ ((epoch as u64 + 1) * 0x9E37_79B9));
@@ -165,7 +164,6 @@ impl TrainingRun {
                     return Ok(self.report(&state, step_losses));
                 }
                 if budget_spent() {
-                    out_of_time = true;
                     break;
                 }
                 let learning_rate = config.learning_rate_at(state.step);
@@ -236,7 +234,7 @@ impl TrainingRun {
             state.history.push(metrics);
             state.epochs_done = epoch + 1;
             self.save_state(&model, &optimizer, &card, &mut state)?;
-            if out_of_time || budget_spent() {
+            if budget_spent() {
                 if !self.quiet {
                     bar.println(format!("time budget spent: stopped after {} steps", state.step));
                 }
