@@ -2,6 +2,8 @@
 //! batch normalisation and TensorFlow "same" padding.
 
 use burn::module::Param;
+
+use crate::backend::host_kernels::depthwise_conv_3x3;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
@@ -95,7 +97,9 @@ pub struct SeparableConvBnConfig {
 }
 
 /// A depthwise 3x3 convolution (one filter per channel, "same" padding), a pointwise 1x1
-/// convolution, then batch normalisation. No biases, as in Keras' Xception.
+/// convolution, then batch normalisation. No biases, as in Keras' Xception. On `flex` the
+/// depthwise step runs a host kernel with Burn's exact arithmetic (see
+/// [`crate::backend::host_kernels`]).
 #[derive(Module, Debug)]
 pub struct SeparableConvBn<B: Backend> {
     /// Depthwise convolution, weight `[in, 1, k, k]`, groups = in.
@@ -129,7 +133,8 @@ impl SeparableConvBnConfig {
 impl<B: Backend> SeparableConvBn<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm(&self.bn, self.pointwise.forward(self.depthwise.forward(x)))
+        let x = depthwise_conv_3x3(x, &self.depthwise).unwrap_or_else(|x| self.depthwise.forward(x));
+        batch_norm(&self.bn, self.pointwise.forward(x))
     }
 
     /// The same function for inference with the batch normalisation folded into the pointwise

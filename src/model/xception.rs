@@ -11,6 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
+use crate::backend::host_kernels::same_max_pool_3x3_stride2;
 use crate::error::AdCorreError;
 
 /// Smallest input side the network accepts (two valid 3x3 convs, the first with stride 2).
@@ -258,7 +259,7 @@ impl<B: Backend> EntryBlock<B> {
         let x = if self.relu_first { relu(x) } else { x };
         let x = self.sepconv1.forward(x);
         let x = self.sepconv2.forward(relu(x));
-        let x = self.pool.forward(x);
+        let x = same_max_pool_3x3_stride2(x).unwrap_or_else(|x| self.pool.forward(x));
         tap(pool_name, &x);
         x + residual
     }
@@ -330,7 +331,8 @@ impl<B: Backend> MiddleBlock<B> {
 }
 
 /// Keras `MaxPooling2D(3, strides=2, padding='same')`: -inf padding, the odd extra row/column
-/// at the bottom/right.
+/// at the bottom/right. The blocks run it through [`same_max_pool_3x3_stride2`] first, Burn's
+/// operation being the path for backends without the host kernel.
 pub fn same_max_pool() -> MaxPool2d {
     MaxPool2dConfig::new([3, 3])
         .with_strides([2, 2])

@@ -35,3 +35,5 @@ pub type CpuAutodiff = Autodiff<Cpu>;
 pub fn cpu_device() -> burn::tensor::Device<Cpu> {
     Default::default()
 }
+
+pub mod host_kernels;
