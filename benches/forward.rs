@@ -1,6 +1,7 @@
 //! Inference latency of the published architecture (k = 7, 7 classes) at 224x224, batch 1
-//! and 8, on each enabled CPU backend: as `TestModels` runs it (batch norm folded) and, for
-//! comparison, unfolded.
+//! and 8, on each enabled CPU backend: as `TestModels` runs it (batch norm folded, host kernels
+//! on flex) and, as baselines in the same run, with Burn's generic operations only
+//! (`folded_burn_ops`) and unfolded.
 //!
 //! `cargo bench --bench forward --features ndarray` (flex is on by default).
 
@@ -14,7 +15,8 @@ use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
+/// `has_host_kernels`: whether `adcorre::backend::host_kernels` run on `B` (flex).
+fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, has_host_kernels: bool) {
     let device = B::Device::default();
     let net = AdCorreNetConfig::new().init::<B>(&device);
     let folded = net.clone().fold_batch_norm();
@@ -26,8 +28,14 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
         let images =
             Tensor::<B, 4>::random([batch, 3, 224, 224], Distribution::Uniform(0.0, 1.0), &device);
         group.throughput(Throughput::Elements(batch as u64));
-        for (variant, net) in [("folded", &folded), ("unfolded", &net)] {
+        for (variant, net, host_kernels) in
+            [("folded", &folded, true), ("folded_burn_ops", &folded, false), ("unfolded", &net, true)]
+        {
+            if !host_kernels && !has_host_kernels {
+                continue;
+            }
             group.bench_with_input(BenchmarkId::new(variant, batch), &images, |b, images| {
+                adcorre::backend::host_kernels::set_enabled(host_kernels);
                 b.iter(|| {
                     let out = net.forward(images.clone());
                     // Read back so lazy/async backends finish the work inside the timing.
@@ -36,14 +44,15 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
             });
         }
     }
+    adcorre::backend::host_kernels::set_enabled(true);
     group.finish();
 }
 
 fn forward(c: &mut Criterion) {
     #[cfg(feature = "flex")]
-    bench_backend::<adcorre::backend::Flex>(c, "flex");
+    bench_backend::<adcorre::backend::Flex>(c, "flex", true);
     #[cfg(feature = "ndarray")]
-    bench_backend::<adcorre::backend::NdArray>(c, "ndarray");
+    bench_backend::<adcorre::backend::NdArray>(c, "ndarray", false);
 }
 
 criterion_group!(benches, forward);

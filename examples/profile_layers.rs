@@ -2,9 +2,18 @@
 //! enabled CPU backend: where does the forward pass spend its time?
 //!
 //! `cargo run --release --example profile_layers --features ndarray [-- flex|ndarray]`
+//!
+//! Each timed call gets its own copy of the input, as the network's layers do (a shared input
+//! would cost the host kernels a copy that the model never pays). "host" rows are
+//! `adcorre::backend::host_kernels` (flex only), "burn" rows Burn's generic operations.
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
+use adcorre::backend::host_kernels::{depthwise_conv_3x3, same_max_pool_3x3_stride2};
 use adcorre::model::layers::{keras_batch_norm, ConvBnConfig, SeparableConvBnConfig};
 use adcorre::model::xception::same_max_pool;
 use burn::nn::conv::Conv2dConfig;
@@ -13,15 +22,20 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::Distribution;
 
-/// Median milliseconds per image of `f` over a few runs after a warm-up.
-fn time_ms<B: Backend>(batch: usize, device: &B::Device, mut f: impl FnMut()) -> f64 {
-    f();
-    B::sync(device).ok();
+/// Median milliseconds per image of `f` over a few runs after a warm-up, each on a fresh copy
+/// of `x`.
+fn time_ms<B: Backend>(x: &Tensor<B, 4>, mut f: impl FnMut(Tensor<B, 4>)) -> f64 {
+    let device = x.device();
+    let batch = x.dims()[0];
+    let fresh = || Tensor::<B, 4>::from_data(x.to_data(), &device);
+    f(fresh());
+    B::sync(&device).ok();
     let mut times: Vec<f64> = (0..5)
         .map(|_| {
+            let input = fresh();
             let start = Instant::now();
-            f();
-            B::sync(device).ok();
+            f(input);
+            B::sync(&device).ok();
             start.elapsed().as_secs_f64() * 1e3 / batch as f64
         })
         .collect();
@@ -29,7 +43,7 @@ fn time_ms<B: Backend>(batch: usize, device: &B::Device, mut f: impl FnMut()) ->
     times[2]
 }
 
-fn profile<B: Backend>(name: &str) {
+fn profile<B: Backend>(name: &str, has_host: bool) {
     let device = B::Device::default();
     println!("\n{name}: ms per image (batch 1 | batch 8)");
     let shapes = [(128usize, 109usize), (256, 55), (728, 28), (728, 14), (1536, 7)];
@@ -50,29 +64,47 @@ fn profile<B: Backend>(name: &str) {
             let read = |t: Tensor<B, 4>| {
                 let _ = t.slice([0..1, 0..1, 0..1, 0..1]).into_data();
             };
+            let host = |r: Result<Tensor<B, 4>, Tensor<B, 4>>| match r {
+                Ok(t) => read(t),
+                Err(_) => panic!("no host kernel on this backend"),
+            };
             let results = [
-                ("depthwise3x3", time_ms::<B>(batch, &device, || read(depthwise.forward(x.clone())))),
-                ("pointwise1x1", time_ms::<B>(batch, &device, || read(pointwise.forward(x.clone())))),
-                ("batchnorm", time_ms::<B>(batch, &device, || read(bn.forward(x.clone())))),
-                ("maxpool3x3/2", time_ms::<B>(batch, &device, || read(pool.forward(x.clone())))),
-                ("relu", time_ms::<B>(batch, &device, || read(relu(x.clone())))),
-                ("add", time_ms::<B>(batch, &device, || read(x.clone() + x.clone()))),
-                ("sepconv+bn", time_ms::<B>(batch, &device, || read(sep.forward(x.clone())))),
-                ("sepconv folded", time_ms::<B>(batch, &device, || read(folded.forward(x.clone())))),
+                ("depthwise burn", time_ms(&x, |x| read(depthwise.forward(x)))),
+                ("depthwise host", if has_host { time_ms(&x, |x| host(depthwise_conv_3x3(x, &depthwise))) } else { f64::NAN }),
+                ("pointwise1x1", time_ms(&x, |x| read(pointwise.forward(x)))),
+                ("batchnorm", time_ms(&x, |x| read(bn.forward(x)))),
+                ("maxpool burn", time_ms(&x, |x| read(pool.forward(x)))),
+                ("maxpool host", if has_host { time_ms(&x, |x| host(same_max_pool_3x3_stride2(x))) } else { f64::NAN }),
+                ("relu", time_ms(&x, |x| read(relu(x)))),
+                ("add", time_ms(&x, |x| read(x.clone() + x))),
+                ("sepconv+bn", time_ms(&x, |x| read(sep.forward(x)))),
+                ("sepconv folded", time_ms(&x, |x| read(folded.forward(x)))),
             ];
             row.push(results);
         }
         for (i, (label, t1)) in row[0].iter().enumerate() {
-            println!("  {c:>4}x{s:<3} {label:<13} {t1:>8.2} | {:>8.2}", row[1][i].1);
+            println!("  {c:>4}x{s:<3} {label:<15} {t1:>8.2} | {:>8.2}", row[1][i].1);
         }
     }
-    let stem = ConvBnConfig::new([3, 32], 3).with_stride(2).init::<B>(&device);
-    for batch in [1usize, 8] {
-        let x = Tensor::<B, 4>::random([batch, 3, 224, 224], Distribution::Default, &device);
-        let t = time_ms::<B>(batch, &device, || {
-            let _ = stem.forward(x.clone()).slice([0..1, 0..1, 0..1, 0..1]).into_data();
-        });
-        println!("  stem conv3x3/2+bn batch {batch}: {t:.2}");
+    let convs = [
+        ("stem conv3x3/2 3->32", ConvBnConfig::new([3, 32], 3).with_stride(2), 224),
+        ("stem conv3x3 32->64", ConvBnConfig::new([32, 64], 3), 111),
+        ("shortcut 1x1/2 64->128", ConvBnConfig::new([64, 128], 1).with_stride(2).with_same(true), 109),
+        ("shortcut 1x1/2 728->1024", ConvBnConfig::new([728, 1024], 1).with_stride(2).with_same(true), 14),
+    ];
+    for (label, config, size) in convs {
+        let layer = config.init::<B>(&device).fold_batch_norm();
+        let channels = layer.conv.weight.dims()[1];
+        let times: Vec<f64> = [1usize, 8]
+            .into_iter()
+            .map(|batch| {
+                let x = Tensor::<B, 4>::random([batch, channels, size, size], Distribution::Default, &device);
+                time_ms(&x, |x| {
+                    let _ = layer.forward(x).slice([0..1, 0..1, 0..1, 0..1]).into_data();
+                })
+            })
+            .collect();
+        println!("  {label:<26} {:>8.2} | {:>8.2}", times[0], times[1]);
     }
 }
 
@@ -81,10 +113,10 @@ fn main() {
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     #[cfg(feature = "flex")]
     if wanted("flex") {
-        profile::<adcorre::backend::Flex>("flex");
+        profile::<adcorre::backend::Flex>("flex", true);
     }
     #[cfg(feature = "ndarray")]
     if wanted("ndarray") {
-        profile::<adcorre::backend::NdArray>("ndarray");
+        profile::<adcorre::backend::NdArray>("ndarray", false);
     }
 }

@@ -318,3 +318,24 @@ fn cards_written_before_a_field_existed_still_load() {
     let (_, loaded) = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap();
     assert_eq!(loaded.network, config, "missing field takes its default");
 }
+
+/// The host kernels (flex) change no result: the whole folded network, kernels on and off.
+#[cfg(feature = "flex")]
+#[test]
+fn host_kernels_give_burns_results_bit_for_bit() {
+    use adcorre::backend::host_kernels::{same_max_pool_3x3_stride2, set_enabled};
+    use adcorre::backend::Flex;
+    let device = Default::default();
+    let net = AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2))
+        .init::<Flex>(&device)
+        .fold_batch_norm();
+    let images = test_images::<Flex>([2, 3, 75, 75], 3, &device);
+    let with_kernels = values(net.pooled_features(images.clone()));
+    set_enabled(false);
+    let declined = same_max_pool_3x3_stride2(images.clone()).is_err();
+    let without = values(net.pooled_features(images));
+    set_enabled(true);
+    assert!(declined, "switched off, the kernels must hand the input back");
+    assert_eq!(with_kernels, without);
+}

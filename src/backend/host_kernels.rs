@@ -10,10 +10,26 @@
 //! pooling takes the maximum of the same elements, the convolution adds the same products in
 //! the same order (checked against Burn in the tests below).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use rayon::prelude::*;
+
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Switches the host kernels on or off for the whole process (on by default). Off, every layer
+/// runs Burn's generic operation: to measure what the kernels bring (`adcorre bench
+/// --no-host-kernels`) or to rule them out when results differ.
+pub fn set_enabled(enabled: bool) {
+    ENABLED.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the host kernels are switched on (see [`set_enabled`]).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// Pads of TensorFlow's "same" rule for one axis: `(before, after)`.
 fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
@@ -62,6 +78,10 @@ pub fn max_pool_3x3_stride2_same(input: &[f32], dims: [usize; 4]) -> (Vec<f32>, 
 /// Depthwise 3x3 convolution, stride 1, padding 1 on every side (TensorFlow "same" for this
 /// kernel), on NCHW data of shape `dims` with weights `[c, 1, 3, 3]` and an optional bias `[c]`.
 /// Each output is `((0 + w00 x00) + w01 x01) + ... + w22 x22`, then `+ bias`: Burn's order.
+///
+/// Each plane is copied into a zero-bordered `(h + 2) x (w + 2)` buffer; the outputs are then
+/// computed in that buffer's coordinates as one long run per plane (the two border columns of
+/// each row are computed and dropped), so the vectorised loop is not cut into rows of `w`.
 pub fn depthwise_conv_3x3_same(
     input: &[f32],
     dims: [usize; 4],
@@ -73,40 +93,40 @@ pub fn depthwise_conv_3x3_same(
     if output.is_empty() {
         return output;
     }
-    let padded_w = w + 2;
+    let row = w + 2;
     output
         .par_chunks_mut(h * w)
         .zip(input.par_chunks(h * w))
         .enumerate()
         .for_each_init(
-            || vec![0.0f32; (h + 2) * padded_w],
-            |padded, (plane_index, (out_plane, plane))| {
+            || (vec![0.0f32; (h + 2) * row + 2], vec![0.0f32; h * row]),
+            |(padded, sums), (plane_index, (out_plane, plane))| {
                 let channel = plane_index % c;
-                for (row, values) in plane.chunks(w).enumerate() {
-                    let start = (row + 1) * padded_w + 1;
+                for (r, values) in plane.chunks(w).enumerate() {
+                    let start = (r + 1) * row + 1;
                     padded[start..start + w].copy_from_slice(values);
                 }
                 let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
+                let n = h * row;
+                let (t0, t1, t2) = (&padded[..n + 2], &padded[row..row + n + 2], &padded[2 * row..2 * row + n + 2]);
+                for (p, sum) in sums.iter_mut().enumerate() {
+                    let mut acc = 0.0f32;
+                    acc = acc + k[0] * t0[p];
+                    acc = acc + k[1] * t0[p + 1];
+                    acc = acc + k[2] * t0[p + 2];
+                    acc = acc + k[3] * t1[p];
+                    acc = acc + k[4] * t1[p + 1];
+                    acc = acc + k[5] * t1[p + 2];
+                    acc = acc + k[6] * t2[p];
+                    acc = acc + k[7] * t2[p + 1];
+                    acc = acc + k[8] * t2[p + 2];
+                    *sum = acc;
+                }
                 let b = bias.map(|bias| bias[channel]);
-                for (row, out_row) in out_plane.chunks_mut(w).enumerate() {
-                    let r0 = &padded[row * padded_w..(row + 1) * padded_w];
-                    let r1 = &padded[(row + 1) * padded_w..(row + 2) * padded_w];
-                    let r2 = &padded[(row + 2) * padded_w..(row + 3) * padded_w];
-                    for (i, out) in out_row.iter_mut().enumerate() {
-                        let mut acc = 0.0f32;
-                        acc = acc + k[0] * r0[i];
-                        acc = acc + k[1] * r0[i + 1];
-                        acc = acc + k[2] * r0[i + 2];
-                        acc = acc + k[3] * r1[i];
-                        acc = acc + k[4] * r1[i + 1];
-                        acc = acc + k[5] * r1[i + 2];
-                        acc = acc + k[6] * r2[i];
-                        acc = acc + k[7] * r2[i + 1];
-                        acc = acc + k[8] * r2[i + 2];
-                        *out = match b {
-                            Some(b) => acc + b,
-                            None => acc,
-                        };
+                for (out_row, sum_row) in out_plane.chunks_mut(w).zip(sums.chunks(row)) {
+                    match b {
+                        Some(b) => out_row.iter_mut().zip(sum_row).for_each(|(o, &v)| *o = v + b),
+                        None => out_row.copy_from_slice(&sum_row[..w]),
                     }
                 }
             },
@@ -165,7 +185,7 @@ pub fn depthwise_conv_3x3<B: Backend>(
 /// The f32 data of a tensor that lives on a backend with host kernels.
 fn host_data<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<TensorData> {
     #[cfg(feature = "flex")]
-    if x.dtype() == burn::tensor::DType::F32 {
+    if enabled() && x.dtype() == burn::tensor::DType::F32 {
         if let Ok(x) = cast::<Tensor<B, D>, Tensor<super::Flex, D>>(x) {
             return Some(x.into_data());
         }
@@ -175,14 +195,14 @@ fn host_data<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<TensorData> 
     None
 }
 
-/// Runs `kernel` on the host data of `x` (f32 on `flex`) and wraps its output as a tensor of the
-/// same backend; gives `x` back when the backend has no host kernels or the kernel declines.
-fn on_host<B: Backend, const D: usize>(
+/// Runs `kernel` on the host data of `x` (f32 on `flex`) and wraps its output (of rank `E`) as a
+/// tensor of the same backend; gives `x` back when the backend has no host kernels or the kernel declines.
+fn on_host<B: Backend, const D: usize, const E: usize>(
     x: Tensor<B, D>,
-    kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; D])>,
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; E])>,
+) -> Result<Tensor<B, E>, Tensor<B, D>> {
     #[cfg(feature = "flex")]
-    if x.dtype() == burn::tensor::DType::F32 {
+    if enabled() && x.dtype() == burn::tensor::DType::F32 {
         use super::Flex;
         let x = cast::<Tensor<B, D>, Tensor<Flex, D>>(x)?;
         let dims = x.dims();
@@ -190,7 +210,7 @@ fn on_host<B: Backend, const D: usize>(
         let data = x.into_data();
         let output = data.as_slice::<f32>().ok().and_then(|input| kernel(input, dims));
         let result = match output {
-            Some((values, shape)) => Ok(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device)),
+            Some((values, shape)) => Ok(Tensor::<Flex, E>::from_data(TensorData::new(values, shape), &device)),
             None => Err(Tensor::<Flex, D>::from_data(data, &device)),
         };
         return match result {

@@ -43,6 +43,10 @@ struct BenchArgs {
     /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
     #[arg(long)]
     no_fold: bool,
+    /// Run Burn's generic operations instead of adcorre's host kernels (max pooling and depthwise
+    /// convolution on flex), for comparison.
+    #[arg(long)]
+    no_host_kernels: bool,
     /// Time training steps (forward, Ad-Corre loss, backward, Adam) instead of inference.
     #[arg(long)]
     train: bool,
@@ -393,6 +397,7 @@ fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
     use burn::tensor::{Distribution, Tensor};
 
     let device = B::Device::default();
+    adcorre::backend::host_kernels::set_enabled(!args.no_host_kernels);
     let (net, card) = match &args.model {
         Some(path) => adcorre::infer::load_network::<Autodiff<B>>(path, &device)?,
         None => {
@@ -435,6 +440,7 @@ fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "backend": backend, "mode": mode, "batch_norm_folded": !args.no_fold && !args.train,
+                "host_kernels": adcorre::backend::host_kernels::enabled(),
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
                 "images_per_s": batch as f64 / median,
