@@ -154,16 +154,19 @@ impl<B: Backend> SeparableConvBn<B> {
     }
 }
 
-/// `conv.forward(x)`, except that a strided 1x1 convolution (which never pads) subsamples
-/// first and then convolves with stride 1: the same products and sums, but CPU backends run
-/// it as one matrix product instead of building an im2col buffer (half the time on `flex`).
+/// `conv.forward(x)`, except that in inference a strided 1x1 convolution (which never pads)
+/// subsamples first and then convolves with stride 1: the same products and sums, but CPU
+/// backends run it as one matrix product instead of building an im2col buffer (half the time on
+/// `flex`). With autodiff Burn's strided convolution stays: the strided slice's backward pass
+/// made a training step slower (1.81 -> 1.92 s at 96x96, batch 2).
 fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, kh, kw] = conv.weight.dims();
     let unpadded = matches!(
         conv.padding,
         PaddingConfig2d::Same | PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
     );
-    if [kh, kw] != [1, 1] || conv.stride == [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 || !unpadded {
+    let strided_pointwise = [kh, kw] == [1, 1] && conv.stride != [1, 1] && conv.dilation == [1, 1] && conv.groups == 1;
+    if !strided_pointwise || !unpadded || B::ad_enabled(&x.device()) {
         return conv.forward(x);
     }
     let [sh, sw] = conv.stride;
@@ -214,7 +217,7 @@ fn padding(same: bool) -> PaddingConfig2d {
 #[cfg(all(test, feature = "flex"))]
 mod tests {
     use super::*;
-    use crate::backend::{Autodiff, Flex};
+    use crate::backend::Flex;
     use burn::tensor::{Distribution, Tolerance};
 
     #[test]
@@ -228,20 +231,12 @@ mod tests {
             let conv = Conv2dConfig::new([5, 6], [1, 1])
                 .with_stride([stride, stride])
                 .with_padding(padding)
-                .init::<Autodiff<Flex>>(&device);
-            let x = Tensor::<Autodiff<Flex>, 4>::random([2, 5, h, w], Distribution::Default, &device).require_grad();
+                .init::<Flex>(&device);
+            let x = Tensor::<Flex, 4>::random([2, 5, h, w], Distribution::Default, &device);
             let expected = conv.forward(x.clone());
-            let got = conv_forward(&conv, x.clone());
+            let got = conv_forward(&conv, x);
             assert_eq!(got.dims(), expected.dims());
             got.to_data().assert_approx_eq::<f32>(&expected.to_data(), Tolerance::default());
-
-            // Same gradients for the input and the weight as Burn's strided convolution.
-            let expected_grads = (expected * 1.5).sum().backward();
-            let got_grads = (got * 1.5).sum().backward();
-            let input_grad = |g: &_| x.grad(g).expect("input gradient").into_data();
-            input_grad(&got_grads).assert_approx_eq::<f32>(&input_grad(&expected_grads), Tolerance::default());
-            let weight_grad = |g: &_| conv.weight.grad(g).expect("weight gradient").into_data();
-            weight_grad(&got_grads).assert_approx_eq::<f32>(&weight_grad(&expected_grads), Tolerance::default());
         }
     }
 }
