@@ -150,6 +150,9 @@ pub fn depthwise_conv_3x3<B: Backend>(
     x: Tensor<B, 4>,
     conv: &Conv2d<B>,
 ) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    if !runs_on_host(&x) {
+        return Err(x);
+    }
     let [c_out, c_per_group, kh, kw] = conv.weight.dims();
     let channels = x.dims()[1];
     let depthwise_3x3 = [kh, kw] == [3, 3]
@@ -182,10 +185,25 @@ pub fn depthwise_conv_3x3<B: Backend>(
     })
 }
 
+/// Whether the kernels would run on `x`: switched on, f32, on `flex`.
+fn runs_on_host<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+    #[cfg(feature = "flex")]
+    {
+        enabled()
+            && x.dtype() == burn::tensor::DType::F32
+            && std::any::TypeId::of::<B>() == std::any::TypeId::of::<super::Flex>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
 /// The f32 data of a tensor that lives on a backend with host kernels.
 fn host_data<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<TensorData> {
     #[cfg(feature = "flex")]
-    if enabled() && x.dtype() == burn::tensor::DType::F32 {
+    if runs_on_host(&x) {
         if let Ok(x) = cast::<Tensor<B, D>, Tensor<super::Flex, D>>(x) {
             return Some(x.into_data());
         }
@@ -202,7 +220,7 @@ fn on_host<B: Backend, const D: usize, const E: usize>(
     kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; E])>,
 ) -> Result<Tensor<B, E>, Tensor<B, D>> {
     #[cfg(feature = "flex")]
-    if enabled() && x.dtype() == burn::tensor::DType::F32 {
+    if runs_on_host(&x) {
         use super::Flex;
         let x = cast::<Tensor<B, D>, Tensor<Flex, D>>(x)?;
         let dims = x.dims();
