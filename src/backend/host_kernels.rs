@@ -137,10 +137,7 @@ pub fn depthwise_conv_3x3_same(
 /// [`max_pool_3x3_stride2_same`] on a tensor when it lives on a backend with host kernels;
 /// otherwise the unchanged input comes back as `Err` for the generic path.
 pub fn same_max_pool_3x3_stride2<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    on_host(x, |input, dims| {
-        let (output, shape) = max_pool_3x3_stride2_same(input, dims);
-        Some((output, shape))
-    })
+    on_host(x, |input, dims| Some(max_pool_3x3_stride2_same(input, dims)))
 }
 
 /// The depthwise convolution `conv` applied to `x` by [`depthwise_conv_3x3_same`] when `conv`
@@ -213,12 +210,12 @@ fn host_data<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<TensorData> 
     None
 }
 
-/// Runs `kernel` on the host data of `x` (f32 on `flex`) and wraps its output (of rank `E`) as a
-/// tensor of the same backend; gives `x` back when the backend has no host kernels or the kernel declines.
-fn on_host<B: Backend, const D: usize, const E: usize>(
+/// Runs `kernel` on the host data of `x` (f32 on `flex`) and wraps its output as a tensor of the
+/// same backend; gives `x` back when the backend has no host kernels or the kernel declines.
+fn on_host<B: Backend, const D: usize>(
     x: Tensor<B, D>,
-    kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; E])>,
-) -> Result<Tensor<B, E>, Tensor<B, D>> {
+    kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; D])>,
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
     #[cfg(feature = "flex")]
     if runs_on_host(&x) {
         use super::Flex;
@@ -228,7 +225,7 @@ fn on_host<B: Backend, const D: usize, const E: usize>(
         let data = x.into_data();
         let output = data.as_slice::<f32>().ok().and_then(|input| kernel(input, dims));
         let result = match output {
-            Some((values, shape)) => Ok(Tensor::<Flex, E>::from_data(TensorData::new(values, shape), &device)),
+            Some((values, shape)) => Ok(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device)),
             None => Err(Tensor::<Flex, D>::from_data(data, &device)),
         };
         return match result {

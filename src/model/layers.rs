@@ -2,14 +2,14 @@
 //! batch normalisation and TensorFlow "same" padding.
 
 use burn::module::Param;
-
-use crate::backend::host_kernels::depthwise_conv_3x3;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::s;
+
+use crate::backend::host_kernels::depthwise_conv_3x3;
 
 /// Keras' BatchNormalization epsilon.
 pub const KERAS_BN_EPSILON: f64 = 1e-3;
@@ -157,8 +157,8 @@ impl<B: Backend> SeparableConvBn<B> {
 /// `conv.forward(x)`, except that in inference a strided 1x1 convolution (which never pads)
 /// subsamples first and then convolves with stride 1: the same products and sums, but CPU
 /// backends run it as one matrix product instead of building an im2col buffer (half the time on
-/// `flex`). With autodiff Burn's strided convolution stays: the strided slice's backward pass
-/// made a training step slower (1.81 -> 1.92 s at 96x96, batch 2).
+/// `flex`). With autodiff Burn's strided convolution stays: with the strided slice's backward
+/// pass a training step at 96x96, batch 2 took 2.16-2.20 s instead of 2.00-2.01 s.
 fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, kh, kw] = conv.weight.dims();
     let unpadded = matches!(
