@@ -319,7 +319,13 @@ fn cards_written_before_a_field_existed_still_load() {
     assert_eq!(loaded.network, config, "missing field takes its default");
 }
 
-/// The host kernels (flex) change no result: the whole folded network, kernels on and off.
+/// Held by the tests that switch the host kernels off or need them on (the switch is global
+/// and tests run in parallel).
+#[cfg(feature = "flex")]
+static HOST_KERNEL_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The per-layer host kernels (flex) change no result: the whole folded network run layer by
+/// layer, kernels on and off.
 #[cfg(feature = "flex")]
 #[test]
 fn host_kernels_give_burns_results_bit_for_bit() {
@@ -331,11 +337,57 @@ fn host_kernels_give_burns_results_bit_for_bit() {
         .init::<Flex>(&device)
         .fold_batch_norm();
     let images = test_images::<Flex>([2, 3, 75, 75], 3, &device);
-    let with_kernels = values(net.pooled_features(images.clone()));
+    let _switch = HOST_KERNEL_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let layer_by_layer = |images| values(net.backbone.forward_with_taps(images, &mut |_, _| {}));
+    let with_kernels = layer_by_layer(images.clone());
     set_enabled(false);
     let declined = same_max_pool_3x3_stride2(images.clone()).is_err();
-    let without = values(net.pooled_features(images));
+    let without = layer_by_layer(images);
     set_enabled(true);
     assert!(declined, "switched off, the kernels must hand the input back");
     assert_eq!(with_kernels, without);
+}
+
+/// The one-pass host backbone (flex, folded batch norms) equals the layer-by-layer network up
+/// to float rounding: batch 1 and 3 (one matrix product over the batch), square, non-square
+/// and odd sizes down to the smallest input, with non-zero biases from folding.
+#[cfg(feature = "flex")]
+#[test]
+fn host_backbone_pass_matches_the_layers() {
+    use adcorre::backend::{host_xception, Flex};
+    use adcorre::model::global_average_pool;
+    let device = Default::default();
+    let config = AdCorreNetConfig::new().with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2));
+    let net = common::calibrate(config.init::<Flex>(&device), 11).fold_batch_norm();
+    let _switch = HOST_KERNEL_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (shape, seed) in [([1, 3, 75, 75], 1), ([3, 3, 71, 96], 2), ([2, 3, 7, 7], 3), ([1, 3, 8, 11], 4)] {
+        let images = test_images::<Flex>(shape, seed, &device);
+        let layers = net.backbone.forward_with_taps(images.clone(), &mut |_, _| {});
+        let pooled_layers = global_average_pool(layers.clone());
+        let host = host_xception::forward(&net.backbone, images.clone()).expect("a folded backbone on flex runs on the host");
+        let pooled = host_xception::forward_pooled(&net.backbone, images).expect("and so does its pooled variant");
+        assert_eq!(host.dims(), layers.dims(), "{shape:?}");
+        assert_eq!(pooled.dims(), pooled_layers.dims(), "{shape:?}");
+        for (what, host, layers) in [("maps", values(host), values(layers)), ("pooled", values(pooled), values(pooled_layers))] {
+            let scale = layers.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{shape:?} {what}: the features must not vanish");
+            let error = max_abs_diff(&host, &layers) / scale;
+            assert!(error <= 1e-5, "{shape:?} {what}: relative error {error:e}");
+        }
+    }
+}
+
+/// The host pass declines what it does not compute: batch norms not folded (training
+/// statistics), and autodiff tensors (no backward pass); Burn's layers run those.
+#[cfg(feature = "flex")]
+#[test]
+fn host_backbone_pass_declines_unfolded_and_autodiff_networks() {
+    use adcorre::backend::{host_xception, Autodiff, Flex};
+    let device = Default::default();
+    let config = small_config();
+    let unfolded = config.init::<Flex>(&device);
+    assert!(host_xception::forward(&unfolded.backbone, test_images::<Flex>([1, 3, 32, 32], 1, &device)).is_err());
+    let autodiff = config.init::<Autodiff<Flex>>(&device).no_grad().fold_batch_norm();
+    let images = test_images::<Autodiff<Flex>>([1, 3, 32, 32], 1, &device);
+    assert!(host_xception::forward(&autodiff.backbone, images).is_err());
 }

@@ -43,45 +43,61 @@ fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
 pub fn max_pool_3x3_stride2_same(input: &[f32], dims: [usize; 4]) -> (Vec<f32>, [usize; 4]) {
     let [n, c, h, w] = dims;
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+    let mut output = vec![0.0f32; n * c * ho * wo];
+    max_pool_planes(input, &mut output, [h, w], false);
+    (output, [n, c, ho, wo])
+}
+
+/// [`max_pool_3x3_stride2_same`] on every `h x w` plane of `input` (in any plane order), each
+/// written to the plane of `output` at the same index, or added to it when `accumulate` (the
+/// host backbone adds the pooled branch onto the shortcut this way).
+pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize; 2], accumulate: bool) {
+    let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
     let (top, _) = same_padding(h, 3, 2);
     let (left, _) = same_padding(w, 3, 2);
-    let mut output = vec![0.0f32; n * c * ho * wo];
     if output.is_empty() {
-        return (output, [n, c, ho, wo]);
+        return;
     }
     output
         .par_chunks_mut(ho * wo)
         .zip(input.par_chunks(h * w))
         .for_each_init(
             || vec![0.0f32; w],
-            |column_max, (out_plane, plane)| {
-                for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
-                    let first = (2 * oh).saturating_sub(top);
-                    let last = (2 * oh + 3 - top).min(h);
-                    column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
-                    for row in first + 1..last {
-                        for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
-                            *m = m.max(v);
-                        }
-                    }
-                    for (ow, out) in out_row.iter_mut().enumerate() {
-                        let lo = (2 * ow).saturating_sub(left);
-                        let hi = (2 * ow + 3 - left).min(w);
-                        *out = column_max[lo..hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    }
-                }
-            },
+            |column_max, (out_plane, plane)| max_pool_plane(plane, out_plane, [h, w], [top, left], accumulate, column_max),
         );
-    (output, [n, c, ho, wo])
+}
+
+/// One plane of [`max_pool_planes`]; `column_max` holds `w` floats.
+fn max_pool_plane(
+    plane: &[f32],
+    out_plane: &mut [f32],
+    [h, w]: [usize; 2],
+    [top, left]: [usize; 2],
+    accumulate: bool,
+    column_max: &mut [f32],
+) {
+    let wo = w.div_ceil(2);
+    for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
+        let first = (2 * oh).saturating_sub(top);
+        let last = (2 * oh + 3 - top).min(h);
+        column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
+        for row in first + 1..last {
+            for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
+                *m = m.max(v);
+            }
+        }
+        for (ow, out) in out_row.iter_mut().enumerate() {
+            let lo = (2 * ow).saturating_sub(left);
+            let hi = (2 * ow + 3 - left).min(w);
+            let max = column_max[lo..hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            *out = if accumulate { *out + max } else { max };
+        }
+    }
 }
 
 /// Depthwise 3x3 convolution, stride 1, padding 1 on every side (TensorFlow "same" for this
 /// kernel), on NCHW data of shape `dims` with weights `[c, 1, 3, 3]` and an optional bias `[c]`.
 /// Each output is `((0 + w00 x00) + w01 x01) + ... + w22 x22`, then `+ bias`: Burn's order.
-///
-/// Each plane is copied into a zero-bordered `(h + 2) x (w + 2)` buffer; the outputs are then
-/// computed in that buffer's coordinates as one long run per plane (the two border columns of
-/// each row are computed and dropped), so the vectorised loop is not cut into rows of `w`.
 pub fn depthwise_conv_3x3_same(
     input: &[f32],
     dims: [usize; 4],
@@ -90,8 +106,28 @@ pub fn depthwise_conv_3x3_same(
 ) -> Vec<f32> {
     let [_, c, h, w] = dims;
     let mut output = vec![0.0f32; input.len()];
+    depthwise_planes(input, &mut output, [h, w], weight, bias, |plane| plane % c, false);
+    output
+}
+
+/// [`depthwise_conv_3x3_same`] on every `h x w` plane of `input`, plane `p` filtered by channel
+/// `channel_of(p)` (so any plane order works), of `max(x, 0)` instead of `x` when `relu_input`
+/// (the ReLU before a separable convolution, applied while reading).
+///
+/// Each plane is copied into a zero-bordered `(h + 2) x (w + 2)` buffer; the outputs are then
+/// computed in that buffer's coordinates as one long run per plane (the two border columns of
+/// each row are computed and dropped), so the vectorised loop is not cut into rows of `w`.
+pub(crate) fn depthwise_planes(
+    input: &[f32],
+    output: &mut [f32],
+    [h, w]: [usize; 2],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    channel_of: impl Fn(usize) -> usize + Sync,
+    relu_input: bool,
+) {
     if output.is_empty() {
-        return output;
+        return;
     }
     let row = w + 2;
     output
@@ -101,37 +137,58 @@ pub fn depthwise_conv_3x3_same(
         .for_each_init(
             || (vec![0.0f32; (h + 2) * row + 2], vec![0.0f32; h * row]),
             |(padded, sums), (plane_index, (out_plane, plane))| {
-                let channel = plane_index % c;
-                for (r, values) in plane.chunks(w).enumerate() {
-                    let start = (r + 1) * row + 1;
-                    padded[start..start + w].copy_from_slice(values);
-                }
+                let channel = channel_of(plane_index);
                 let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
-                let n = h * row;
-                let (t0, t1, t2) = (&padded[..n + 2], &padded[row..row + n + 2], &padded[2 * row..2 * row + n + 2]);
-                for (p, sum) in sums.iter_mut().enumerate() {
-                    let mut acc = 0.0f32;
-                    acc = acc + k[0] * t0[p];
-                    acc = acc + k[1] * t0[p + 1];
-                    acc = acc + k[2] * t0[p + 2];
-                    acc = acc + k[3] * t1[p];
-                    acc = acc + k[4] * t1[p + 1];
-                    acc = acc + k[5] * t1[p + 2];
-                    acc = acc + k[6] * t2[p];
-                    acc = acc + k[7] * t2[p + 1];
-                    acc = acc + k[8] * t2[p + 2];
-                    *sum = acc;
-                }
                 let b = bias.map(|bias| bias[channel]);
-                for (out_row, sum_row) in out_plane.chunks_mut(w).zip(sums.chunks(row)) {
-                    match b {
-                        Some(b) => out_row.iter_mut().zip(sum_row).for_each(|(o, &v)| *o = v + b),
-                        None => out_row.copy_from_slice(&sum_row[..w]),
-                    }
-                }
+                depthwise_plane(plane, out_plane, [h, w], k, b, relu_input, padded, sums);
             },
         );
-    output
+}
+
+/// One plane of [`depthwise_planes`] with filter `k` and bias `b`; `padded` holds
+/// `(h + 2) * (w + 2) + 2` floats with a zero border, `sums` `h * (w + 2)`.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    plane: &[f32],
+    out_plane: &mut [f32],
+    [h, w]: [usize; 2],
+    k: [f32; 9],
+    b: Option<f32>,
+    relu_input: bool,
+    padded: &mut [f32],
+    sums: &mut [f32],
+) {
+    let row = w + 2;
+    for (r, values) in plane.chunks(w).enumerate() {
+        let start = (r + 1) * row + 1;
+        let target = &mut padded[start..start + w];
+        if relu_input {
+            target.iter_mut().zip(values).for_each(|(t, &v)| *t = v.max(0.0));
+        } else {
+            target.copy_from_slice(values);
+        }
+    }
+    let n = h * row;
+    let (t0, t1, t2) = (&padded[..n + 2], &padded[row..row + n + 2], &padded[2 * row..2 * row + n + 2]);
+    for (p, sum) in sums[..n].iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        acc += k[0] * t0[p];
+        acc += k[1] * t0[p + 1];
+        acc += k[2] * t0[p + 2];
+        acc += k[3] * t1[p];
+        acc += k[4] * t1[p + 1];
+        acc += k[5] * t1[p + 2];
+        acc += k[6] * t2[p];
+        acc += k[7] * t2[p + 1];
+        acc += k[8] * t2[p + 2];
+        *sum = acc;
+    }
+    for (out_row, sum_row) in out_plane.chunks_mut(w).zip(sums.chunks(row)) {
+        match b {
+            Some(b) => out_row.iter_mut().zip(sum_row).for_each(|(o, &v)| *o = v + b),
+            None => out_row.copy_from_slice(&sum_row[..w]),
+        }
+    }
 }
 
 /// [`max_pool_3x3_stride2_same`] on a tensor when it lives on a backend with host kernels;
@@ -183,7 +240,7 @@ pub fn depthwise_conv_3x3<B: Backend>(
 }
 
 /// Whether the kernels would run on `x`: switched on, f32, on `flex`.
-fn runs_on_host<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
+pub(crate) fn runs_on_host<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
     #[cfg(feature = "flex")]
     {
         enabled()
@@ -240,7 +297,7 @@ fn on_host<B: Backend, const D: usize>(
 
 /// `value` as type `U` when `T` and `U` are the same type (a backend check at run time).
 #[cfg(feature = "flex")]
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let mut slot = Some(value);
     let any: &mut dyn std::any::Any = &mut slot;
     match any.downcast_mut::<Option<U>>() {

@@ -37,3 +37,5 @@ pub fn cpu_device() -> burn::tensor::Device<Cpu> {
 }
 
 pub mod host_kernels;
+#[cfg(feature = "flex")]
+pub mod host_xception;

@@ -144,7 +144,7 @@ impl<B: Backend> AdCorreNet<B> {
 
     /// Images `[batch, 3, h, w]` -> globally average-pooled backbone features `[batch, 2048]`.
     pub fn pooled_features(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
-        global_average_pool(self.backbone.forward(images))
+        self.backbone.forward_pooled(images)
     }
 
     /// Images `[batch, 3, h, w]` -> softmax probabilities `[batch, classes]`.

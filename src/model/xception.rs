@@ -11,6 +11,7 @@ use burn::prelude::*;
 use burn::tensor::activation::relu;
 
 use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
+use super::adcorre_net::global_average_pool;
 use crate::backend::host_kernels::same_max_pool_3x3_stride2;
 use crate::error::AdCorreError;
 
@@ -142,8 +143,28 @@ pub struct Xception<B: Backend> {
 impl<B: Backend> Xception<B> {
     /// Feature maps: `[batch, in_channels, h, w]` -> `[batch, out_features, h', w']`
     /// (224 -> 7).
+    ///
+    /// On `flex` with folded batch norms the whole pass runs on host memory
+    /// ([`crate::backend::host_xception`]); elsewhere it runs Burn's layers.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "flex")]
+        let x = match crate::backend::host_xception::forward(self, x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
         self.forward_with_taps(x, &mut |_, _| {})
+    }
+
+    /// The feature maps' spatial means: `[batch, in_channels, h, w]` -> `[batch, out_features]`
+    /// (global average pooling). On `flex` with folded batch norms the host pass pools its
+    /// last map directly, without writing the feature maps out.
+    pub fn forward_pooled(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        #[cfg(feature = "flex")]
+        let x = match crate::backend::host_xception::forward_pooled(self, x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        global_average_pool(self.forward_with_taps(x, &mut |_, _| {}))
     }
 
     /// Like [`Xception::forward`], and hands `tap` the activations of the Keras layers
