@@ -62,34 +62,37 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
         .par_chunks_mut(ho * wo)
         .zip(input.par_chunks(h * w))
         .for_each_init(
-            || vec![0.0f32; w],
-            |column_max, (out_plane, plane)| max_pool_plane(plane, out_plane, [h, w], [top, left], accumulate, column_max),
+            || vec![f32::NEG_INFINITY; 2 * wo + 1],
+            |window_row, (out_plane, plane)| max_pool_plane(plane, out_plane, [h, w], [top, left], accumulate, window_row),
         );
 }
 
-/// One plane of [`max_pool_planes`]; `column_max` holds `w` floats.
+/// One plane of [`max_pool_planes`]. `window_row` holds `2 * wo + 1` floats, -inf outside
+/// `left..left + w`: per output row it receives the column maxima of the (up to) three input
+/// rows at the padded positions, so every output is the maximum of three neighbours.
 fn max_pool_plane(
     plane: &[f32],
     out_plane: &mut [f32],
     [h, w]: [usize; 2],
     [top, left]: [usize; 2],
     accumulate: bool,
-    column_max: &mut [f32],
+    window_row: &mut [f32],
 ) {
     let wo = w.div_ceil(2);
     for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
         let first = (2 * oh).saturating_sub(top);
         let last = (2 * oh + 3 - top).min(h);
+        let column_max = &mut window_row[left..left + w];
         column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
         for row in first + 1..last {
             for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
                 *m = m.max(v);
             }
         }
-        for (ow, out) in out_row.iter_mut().enumerate() {
-            let lo = (2 * ow).saturating_sub(left);
-            let hi = (2 * ow + 3 - left).min(w);
-            let max = column_max[lo..hi].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let pairs = window_row.chunks_exact(2);
+        let thirds = window_row[2..].iter().step_by(2);
+        for ((out, pair), &third) in out_row.iter_mut().zip(pairs).zip(thirds) {
+            let max = pair[0].max(pair[1]).max(third);
             *out = if accumulate { *out + max } else { max };
         }
     }

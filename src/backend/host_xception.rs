@@ -28,9 +28,9 @@ use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
 
-/// Columns of one im2col chunk of the stem convolutions (bounds the column buffer to about
-/// `9 * in_channels * 4096` floats whatever the batch).
-const IM2COL_CHUNK_COLUMNS: usize = 4096;
+/// Size of one im2col chunk of the stem convolutions (16 MiB), which bounds the column buffer
+/// whatever the batch; the first convolution (depth 27) takes a whole 224x224 image at once.
+const IM2COL_CHUNK_FLOATS: usize = 1 << 22;
 
 /// `net.forward(x)` computed by the host pass when `x` is f32 on `flex` and every layer is in
 /// the form the pass handles (folded batch norms, Keras' kernel sizes and strides); otherwise
@@ -499,7 +499,7 @@ fn conv3x3(
     let depth = in_channels * 9;
     let all_columns = out.columns();
     start_from_bias(output, all_columns, conv.bias(), Accumulate::No);
-    let rows_per_chunk = (IM2COL_CHUNK_COLUMNS / out.w).max(1);
+    let rows_per_chunk = (IM2COL_CHUNK_FLOATS / (depth * out.w)).max(1);
     for image in 0..out.n {
         for first_row in (0..out.h).step_by(rows_per_chunk) {
             let rows = rows_per_chunk.min(out.h - first_row);
@@ -509,10 +509,12 @@ fn conv3x3(
                 let (ci, ky, kx) = (r / 9, r / 3 % 3, r % 3);
                 let source = &input[plane(ci, image)..plane(ci, image) + h * w];
                 for (y, col_row) in col.chunks_mut(out.w).enumerate() {
-                    let row = &source[((first_row + y) * stride + ky) * w..][..w];
-                    for (x, value) in col_row.iter_mut().enumerate() {
-                        let v = row[x * stride + kx];
-                        *value = if relu_input { v.max(0.0) } else { v };
+                    let row = &source[((first_row + y) * stride + ky) * w + kx..][..(out.w - 1) * stride + 1];
+                    let taps = row.iter().step_by(stride);
+                    match relu_input {
+                        true => col_row.iter_mut().zip(taps).for_each(|(value, &v)| *value = v.max(0.0)),
+                        false if stride == 1 => col_row.copy_from_slice(row),
+                        false => col_row.iter_mut().zip(taps).for_each(|(value, &v)| *value = v),
                     }
                 }
             });
