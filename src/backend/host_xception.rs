@@ -405,7 +405,8 @@ fn start_from_bias(output: &mut [f32], columns: usize, bias: Option<&[f32]>, acc
 /// Large products are split into one part per thread, each multiplied by one thread: by rows
 /// when every part keeps at least 128 (0.3-0.5 of Xception's 1x1 convolutions ran 8-15% faster
 /// that way than with the `gemm` crate's own threading, 728x728x196 to x1568 and 2048x1536x49),
-/// else by columns (the stem's 64-row products: 1.3x faster).
+/// else by columns when every part keeps at least 512 (the stem's 64-row products: 1.3x
+/// faster); products too small for either (many threads) use the crate's threading.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
@@ -424,8 +425,14 @@ fn matmul(
     assert!(rhs.len() >= (k - 1) * rhs_row_stride + columns, "matmul: rhs too short");
     assert!(dst.len() >= (m - 1) * dst_row_stride + columns, "matmul: dst too short");
     let threads = rayon::current_num_threads();
-    let parts = if m * k * columns >= 192 * 192 * 192 { threads } else { 1 };
+    let large = m * k * columns >= 192 * 192 * 192;
+    let parts = if large { threads } else { 1 };
     let by_rows = m >= 128 * parts;
+    if !by_rows && columns < 512 * parts {
+        // SAFETY: one call over exactly the asserted extents of the three slices.
+        unsafe { gemm_into(dst.as_mut_ptr(), dst_row_stride, lhs.as_ptr(), k, rhs.as_ptr(), rhs_row_stride, [m, k, columns], gemm::Parallelism::Rayon(0)) };
+        return;
+    }
     let (split, align) = if by_rows { (m, 16) } else { (columns, 8) };
     let step = split.div_ceil(parts).div_ceil(align) * align;
     let dst = SendPtr(dst.as_mut_ptr());
@@ -436,29 +443,59 @@ fn matmul(
         // strides) inside the three slices; the parts write disjoint rows or columns of `dst`,
         // which is exclusively borrowed for the whole call.
         unsafe {
-            gemm::gemm(
-                rows.len(),
-                cols.len(),
-                k,
+            gemm_into(
                 dst.at(rows.start * dst_row_stride + cols.start),
-                1,
-                dst_row_stride as isize,
-                true,
+                dst_row_stride,
                 lhs.as_ptr().add(rows.start * k),
-                1,
-                k as isize,
+                k,
                 rhs.as_ptr().add(cols.start),
-                1,
-                rhs_row_stride as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
+                rhs_row_stride,
+                [rows.len(), k, cols.len()],
                 gemm::Parallelism::None,
-            );
-        }
+            )
+        };
     });
+}
+
+/// `dst += lhs x rhs` for `[m, k, columns]` row-major operands with these row strides.
+///
+/// # Safety
+/// Every element at those extents and strides must be valid: readable for `lhs` and `rhs`,
+/// writable and not accessed concurrently for `dst`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_into(
+    dst: *mut f32,
+    dst_row_stride: usize,
+    lhs: *const f32,
+    lhs_row_stride: usize,
+    rhs: *const f32,
+    rhs_row_stride: usize,
+    [m, k, columns]: [usize; 3],
+    parallelism: gemm::Parallelism,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            columns,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            true,
+            lhs,
+            1,
+            lhs_row_stride as isize,
+            rhs,
+            1,
+            rhs_row_stride as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
 }
 
 /// A pointer into a buffer whose disjoint parts threads write.
@@ -570,4 +607,48 @@ fn mean_relu(x: &[f32], shape: MapShape) -> Vec<f32> {
         output[image * shape.c + channel] = mean;
     }
     output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values in [-1, 1), deterministic.
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919 + seed * 104729) % 2000) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    /// `matmul` equals the textbook sum for every way it splits the work: by rows, by columns,
+    /// unsplit (small), and the crate's own threading (many threads, narrow product); with row
+    /// strides wider than the columns, as the stem's chunks use them.
+    #[test]
+    fn matmul_matches_the_plain_sum_for_every_split() {
+        for (threads, [m, k, columns]) in [
+            (2, [300, 200, 150]),
+            (2, [64, 288, 2000]),
+            (2, [20, 30, 40]),
+            (16, [40, 300, 700]),
+            (3, [500, 100, 1000]),
+        ] {
+            let (dst_stride, rhs_stride) = (columns + 5, columns + 3);
+            let lhs = values(m * k, 1);
+            let rhs = values(k * rhs_stride, 2);
+            let start = values(m * dst_stride, 3);
+            let mut dst = start.clone();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| matmul(&mut dst, dst_stride, columns, &lhs, m, k, &rhs, rhs_stride));
+            for i in 0..m {
+                for j in 0..dst_stride {
+                    let expected = if j < columns {
+                        start[i * dst_stride + j] as f64
+                            + (0..k).map(|p| lhs[i * k + p] as f64 * rhs[p * rhs_stride + j] as f64).sum::<f64>()
+                    } else {
+                        start[i * dst_stride + j] as f64
+                    };
+                    let got = dst[i * dst_stride + j] as f64;
+                    assert!((got - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{threads} threads {m}x{k}x{columns}: [{i}, {j}] {got} vs {expected}");
+                }
+            }
+        }
+    }
 }
