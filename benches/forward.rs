@@ -1,7 +1,7 @@
 //! Inference latency of the published architecture (k = 7, 7 classes) at 224x224, batch 1
-//! and 8, on each enabled CPU backend: as `TestModels` runs it (batch norm folded, host kernels
-//! on flex) and, as baselines in the same run, with Burn's generic operations only
-//! (`folded_burn_ops`) and unfolded.
+//! and 8, on each enabled CPU backend: as `TestModels` runs it (batch norm folded; on flex the
+//! one-pass host backbone) and, as baselines in the same run, with Burn's generic operations
+//! only (`folded_burn_ops`) and unfolded.
 //!
 //! `cargo bench --bench forward --features ndarray` (flex is on by default).
 
@@ -15,7 +15,8 @@ use burn::tensor::Distribution;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-/// `has_host_kernels`: whether `adcorre::backend::host_kernels` run on `B` (flex).
+/// `has_host_kernels`: whether adcorre's host code (`host_xception`, `host_kernels`) runs on `B`
+/// (flex).
 fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, has_host_kernels: bool) {
     let device = B::Device::default();
     let net = AdCorreNetConfig::new().init::<B>(&device);

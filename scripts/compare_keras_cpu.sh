@@ -3,8 +3,9 @@
 # implementation) vs adcorre, inference of the published architecture at 224x224, batch 1 and 8.
 # Prints each side's ms/image and the ratio ours / TensorFlow (lower is better; <= 1.0 is the goal).
 #
-# Variants of ours: Burn's generic operations with batch norm unfolded, then folded, then with
-# adcorre's host kernels (what `TestModels` runs). BASELINE_BIN=path/to/an/older/adcorre adds
+# Variants of ours: Burn's generic operations with batch norm unfolded, then folded, then
+# adcorre's one-pass host backbone (what `TestModels` runs on flex).
+# BASELINE_BIN=path/to/an/older/adcorre adds
 # that binary's default inference to the same run (e.g. a build of an earlier commit).
 #
 # Needs: pip install tensorflow-cpu tf-keras   (development machine only; CI does not run this)
@@ -36,7 +37,7 @@ for batch in 1 8; do
         case "$variant" in
             "--no-fold --no-host-kernels") label="Burn ops, batch norm unfolded" ;;
             "--no-host-kernels") label="Burn ops, batch norm folded" ;;
-            *) label="batch norm folded + host kernels (TestModels)" ;;
+            *) label="host pass (TestModels)" ;;
         esac
         # shellcheck disable=SC2086
         report "$(./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json $variant)" \

@@ -43,8 +43,8 @@ struct BenchArgs {
     /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
     #[arg(long)]
     no_fold: bool,
-    /// Run Burn's generic operations instead of adcorre's host kernels (max pooling and depthwise
-    /// convolution on flex), for comparison.
+    /// Run Burn's generic operations instead of adcorre's host code on flex (the one-pass
+    /// backbone and the max-pooling and depthwise kernels), for comparison.
     #[arg(long)]
     no_host_kernels: bool,
     /// Time training steps (forward, Ad-Corre loss, backward, Adam) instead of inference.
