@@ -51,6 +51,10 @@ impl Recognition {
 
 /// A trained Ad-Corre model ready to recognise expressions (the release's `TestModels`).
 ///
+/// On the default CPU backend (flex) the backbone runs as one pass over host memory
+/// (`adcorre::backend::host_xception`), which keeps up to 256 MiB of scratch between calls for the
+/// next one (`host_xception::release_scratch()` frees it).
+///
 /// ```no_run
 /// use adcorre::infer::TestModels;
 /// let models = TestModels::new("AffectNet_6336.mpk")?;

@@ -145,7 +145,7 @@ impl<B: Backend> Xception<B> {
     /// (224 -> 7).
     ///
     /// On `flex` with folded batch norms the whole pass runs on host memory
-    /// ([`crate::backend::host_xception`]); elsewhere it runs Burn's layers.
+    /// (`backend::host_xception`); elsewhere it runs Burn's layers.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         #[cfg(feature = "flex")]
         let x = match crate::backend::host_xception::forward(self, x) {
