@@ -109,13 +109,37 @@ pub fn depthwise_conv_3x3_same(
 ) -> Vec<f32> {
     let [_, c, h, w] = dims;
     let mut output = vec![0.0f32; input.len()];
-    depthwise_planes(input, &mut output, [h, w], weight, bias, |plane| plane % c, false);
+    depthwise_planes(input, &mut output, [h, w], weight, bias, |plane| plane % c, InputRead::default());
     output
 }
 
+/// How a kernel reads its input values: plus a per-channel bias they still lack (a 1x1
+/// product of the host pass leaves its bias to the layers that read its output), then the ReLU
+/// that precedes the layer if `relu`. The default reads values as they are.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct InputRead<'a> {
+    /// Bias to add, per channel.
+    pub bias: Option<&'a [f32]>,
+    /// Whether to apply `max(x, 0)` (after the bias).
+    pub relu: bool,
+}
+
+impl InputRead<'_> {
+    /// Writes `values` (of channel `channel`), read this way, into `target`.
+    pub(crate) fn copy<'v>(&self, channel: usize, values: impl Iterator<Item = &'v f32>, target: &mut [f32]) {
+        let pairs = target.iter_mut().zip(values);
+        match (self.bias.map(|bias| bias[channel]), self.relu) {
+            (Some(b), true) => pairs.for_each(|(t, &v)| *t = (v + b).max(0.0)),
+            (Some(b), false) => pairs.for_each(|(t, &v)| *t = v + b),
+            (None, true) => pairs.for_each(|(t, &v)| *t = v.max(0.0)),
+            (None, false) => pairs.for_each(|(t, &v)| *t = v),
+        }
+    }
+}
+
 /// [`depthwise_conv_3x3_same`] on every `h x w` plane of `input`, plane `p` filtered by channel
-/// `channel_of(p)` (so any plane order works), of `max(x, 0)` instead of `x` when `relu_input`
-/// (the ReLU before a separable convolution, applied while reading).
+/// `channel_of(p)` (so any plane order works), of the input read as `read` says (the ReLU before
+/// a separable convolution, and a bias left by the layer before, applied while reading).
 ///
 /// Each plane is copied into a zero-bordered `(h + 2) x (w + 2)` buffer; the outputs are then
 /// computed in that buffer's coordinates as one long run per plane (the two border columns of
@@ -127,7 +151,7 @@ pub(crate) fn depthwise_planes(
     weight: &[f32],
     bias: Option<&[f32]>,
     channel_of: impl Fn(usize) -> usize + Sync,
-    relu_input: bool,
+    read: InputRead,
 ) {
     if output.is_empty() {
         return;
@@ -143,13 +167,13 @@ pub(crate) fn depthwise_planes(
                 let channel = channel_of(plane_index);
                 let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
                 let b = bias.map(|bias| bias[channel]);
-                depthwise_plane(plane, out_plane, [h, w], k, b, relu_input, padded, sums);
+                depthwise_plane(plane, out_plane, [h, w], k, b, read, channel, padded, sums);
             },
         );
 }
 
-/// One plane of [`depthwise_planes`] with filter `k` and bias `b`; `padded` holds
-/// `(h + 2) * (w + 2) + 2` floats with a zero border, `sums` `h * (w + 2)`.
+/// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`;
+/// `padded` holds `(h + 2) * (w + 2) + 2` floats with a zero border, `sums` `h * (w + 2)`.
 #[allow(clippy::too_many_arguments)]
 fn depthwise_plane(
     plane: &[f32],
@@ -157,19 +181,15 @@ fn depthwise_plane(
     [h, w]: [usize; 2],
     k: [f32; 9],
     b: Option<f32>,
-    relu_input: bool,
+    read: InputRead,
+    channel: usize,
     padded: &mut [f32],
     sums: &mut [f32],
 ) {
     let row = w + 2;
     for (r, values) in plane.chunks(w).enumerate() {
         let start = (r + 1) * row + 1;
-        let target = &mut padded[start..start + w];
-        if relu_input {
-            target.iter_mut().zip(values).for_each(|(t, &v)| *t = v.max(0.0));
-        } else {
-            target.copy_from_slice(values);
-        }
+        read.copy(channel, values.iter(), &mut padded[start..start + w]);
     }
     let n = h * row;
     let (t0, t1, t2) = (&padded[..n + 2], &padded[row..row + n + 2], &padded[2 * row..2 * row + n + 2]);

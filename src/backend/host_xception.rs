@@ -6,14 +6,16 @@
 //! - lays feature maps out channel-major with the batch inside (`[c, n, h, w]`), so that each
 //!   1x1 convolution is one matrix product over all images of the batch (longer rows: the
 //!   matrix kernels run faster, and batch 8 gets faster per image than batch 1);
-//! - applies each ReLU while the next layer reads its input, adds biases by starting the
-//!   product from them, and adds the residual branches inside the product or the pooling;
+//! - applies each ReLU while the next layer reads its input, and leaves the bias of a product
+//!   to the layers that read its output (or starts the product from it where the output is
+//!   read whole); adds the residual branches inside the product or the pooling;
 //! - rotates three scratch buffers instead of allocating one per layer.
 //!
 //! It runs only on a backbone whose batch norms are folded (see
 //! [`crate::model::xception::Xception::fold_batch_norm`]), with f32 weights on `flex`; for
 //! anything else (and when the host kernels are switched off) the caller runs Burn's layers.
-//! Results equal Burn's up to float rounding (biases and residuals enter the sums earlier).
+//! Results equal Burn's up to float rounding (biases and residuals enter the sums in another
+//! order).
 
 use burn::backend::flex::FlexTensor;
 use burn::nn::conv::Conv2d;
@@ -23,7 +25,7 @@ use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-use super::host_kernels::{cast, depthwise_planes, max_pool_planes, runs_on_host};
+use super::host_kernels::{cast, depthwise_planes, max_pool_planes, runs_on_host, InputRead};
 use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
@@ -36,21 +38,21 @@ const IM2COL_CHUNK_FLOATS: usize = 1 << 22;
 /// the form the pass handles (folded batch norms, Keras' kernel sizes and strides); otherwise
 /// `x` comes back unchanged for Burn's layers.
 pub fn forward<B: Backend>(net: &Xception<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    on_host(net, x, |map, shape| (to_nchw_relu(map, shape), [shape.n, shape.c, shape.h, shape.w]))
+    on_host(net, x, |map, shape, bias| (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w]))
 }
 
 /// Like [`forward`], followed by global average pooling: `[batch, 3, h, w]` -> `[batch, c]`.
 /// The pooling reads the pass' last map directly, so the feature maps are never written out.
 pub fn forward_pooled<B: Backend>(net: &Xception<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 2>, Tensor<B, 4>> {
-    on_host(net, x, |map, shape| (mean_relu(map, shape), [shape.n, shape.c]))
+    on_host(net, x, |map, shape, bias| (mean_relu(map, shape, bias), [shape.n, shape.c]))
 }
 
-/// Runs the pass on `x` and `finish` on its last map (before the final ReLU), wrapping what
-/// `finish` returns as a tensor; gives `x` back if the pass does not apply.
+/// Runs the pass on `x` and `finish` on its last map (before the final ReLU, and the bias it
+/// lacks), wrapping what `finish` returns as a tensor; gives `x` back if the pass does not apply.
 fn on_host<B: Backend, const D: usize>(
     net: &Xception<B>,
     x: Tensor<B, 4>,
-    finish: impl FnOnce(&[f32], MapShape) -> (Vec<f32>, [usize; D]),
+    finish: impl FnOnce(&[f32], MapShape, Option<&[f32]>) -> (Vec<f32>, [usize; D]),
 ) -> Result<Tensor<B, D>, Tensor<B, 4>> {
     if !runs_on_host(&x) {
         return Err(x);
@@ -254,25 +256,46 @@ fn read_write(maps: &mut [Vec<f32>; 3], read: usize, write: usize) -> (&[f32], &
     }
 }
 
-/// Runs the backbone on NCHW `input` of shape `dims` and `finish` on its last map; `None` if
-/// a layer is not in the form this pass handles.
-fn run<R>(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], finish: impl FnOnce(&[f32], MapShape) -> R) -> Option<R> {
+/// A feature map in `scratch.maps[MAP]` after a layer: its shape, and the per-channel bias its
+/// values still lack (a 1x1 product leaves its bias to the layers that read its output, which
+/// add it on the fly instead of a pass over the whole map).
+struct Map {
+    shape: MapShape,
+    bias: Option<Vec<f32>>,
+}
+
+impl Map {
+    /// How a layer reads this map: plus its missing bias, then the ReLU if `relu`.
+    fn read(&self, relu: bool) -> InputRead<'_> {
+        InputRead { bias: self.bias.as_deref(), relu }
+    }
+}
+
+/// Runs the backbone on NCHW `input` of shape `dims` and `finish` on its last map (before the
+/// last ReLU, with the bias it lacks); `None` if a layer is not in the form this pass handles.
+fn run<R>(
+    net: &Xception<Flex>,
+    input: &[f32],
+    dims: [usize; 4],
+    finish: impl FnOnce(&[f32], MapShape, Option<&[f32]>) -> R,
+) -> Option<R> {
     let [_, _, h, w] = dims;
     if h < 7 || w < 7 {
         return None;
     }
     let mut scratch = Scratch::take();
-    let output = run_with(net, input, dims, &mut scratch).map(|shape| finish(&scratch.maps[MAP][..shape.len()], shape));
+    let output = run_with(net, input, dims, &mut scratch)
+        .map(|map| finish(&scratch.maps[MAP][..map.shape.len()], map.shape, map.bias.as_deref()));
     scratch.keep();
     output
 }
 
-/// The pass itself; leaves the last map (before its ReLU) in `scratch.maps[MAP]`.
-fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut Scratch) -> Option<MapShape> {
+/// The pass itself; leaves the last map in `scratch.maps[MAP]`.
+fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut Scratch) -> Option<Map> {
     let [n, c, h, w] = dims;
 
-    // Block 1: two valid 3x3 convolutions (the first with stride 2), ReLU after each (the
-    // second's applied by the layers that read it).
+    // Block 1: two valid 3x3 convolutions (the first with stride 2), ReLU after each (applied
+    // by the layers that read their outputs).
     let conv1 = dense_conv(&net.block1_conv1, 3, 2)?;
     let s1 = MapShape { c: conv1.dims[0], n, h: (h - 3) / 2 + 1, w: (w - 3) / 2 + 1 };
     let conv2 = dense_conv(&net.block1_conv2, 3, 1)?;
@@ -282,125 +305,143 @@ fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut
     }
     let nchw = |channel: usize, image: usize| (image * c + channel) * h * w;
     let stem = slot(&mut scratch.maps[FILTERED], s1.len());
-    conv3x3(input, [h, w], nchw, 2, false, &conv1, s1, stem, &mut scratch.columns);
+    conv3x3(input, [h, w], nchw, 2, InputRead::default(), &conv1, s1, stem, &mut scratch.columns);
     let cnhw = |channel: usize, image: usize| (channel * n + image) * s1.h * s1.w;
     let (stem, map) = read_write(&mut scratch.maps, FILTERED, MAP);
-    conv3x3(&stem[..s1.len()], [s1.h, s1.w], cnhw, 1, true, &conv2, s2, slot(map, s2.len()), &mut scratch.columns);
+    let read = InputRead { bias: conv1.bias(), relu: true };
+    conv3x3(&stem[..s1.len()], [s1.h, s1.w], cnhw, 1, read, &conv2, s2, slot(map, s2.len()), &mut scratch.columns);
+    let x = Map { shape: s2, bias: conv2.bias().map(<[f32]>::to_vec) };
 
     // Block 2's input is that convolution's output before its ReLU: both branches apply it.
-    let mut shape = entry_block(&net.block2, s2, true, scratch)?;
+    let mut x = entry_block(&net.block2, x, true, scratch)?;
     for block in [&net.block3, &net.block4] {
-        shape = entry_block(block, shape, false, scratch)?;
+        x = entry_block(block, x, false, scratch)?;
     }
     for block in &net.middle {
-        shape = middle_block(block, shape, scratch)?;
+        x = middle_block(block, x, scratch)?;
     }
-    shape = entry_block(&net.block13, shape, false, scratch)?;
+    x = entry_block(&net.block13, x, false, scratch)?;
 
     // Block 14: two separable convolutions, each followed by a ReLU (the last one applied by
     // `finish`).
     let maps = &mut scratch.maps;
-    shape = separable(&net.block14_sepconv1, maps, [MAP, FILTERED, INNER], shape, false, Accumulate::No)?;
-    separable(&net.block14_sepconv2, maps, [INNER, FILTERED, MAP], shape, true, Accumulate::No)
+    let y = separable(&net.block14_sepconv1, maps, [MAP, FILTERED, INNER], &x, false, Start::Empty)?;
+    separable(&net.block14_sepconv2, maps, [INNER, FILTERED, MAP], &y, true, Start::Empty)
 }
 
-/// Whether a 1x1 convolution adds its result to what its output buffer holds (the residual).
+/// What the output buffer of a 1x1 product holds before the product is added.
 #[derive(Clone, Copy, PartialEq)]
-enum Accumulate {
-    No,
-    Yes,
+enum Start {
+    /// Nothing: the product is written and its bias left to the readers ([`Map::bias`]).
+    Empty,
+    /// The bias (for outputs that are read whole: pooled, or the residual branch).
+    Bias,
+    /// The residual; the bias is added to it first.
+    ResidualPlusBias,
 }
 
 /// A downsampling residual block (Keras blocks 2, 3, 4, 13) on the map in `maps[MAP]`, leaving
 /// its output there. `input_relu`: the input still needs its ReLU (block 2).
-fn entry_block(block: &EntryBlock<Flex>, x: MapShape, input_relu: bool, scratch: &mut Scratch) -> Option<MapShape> {
+fn entry_block(block: &EntryBlock<Flex>, x: Map, input_relu: bool, scratch: &mut Scratch) -> Option<Map> {
     let shortcut = dense_conv(&block.shortcut, 1, 2)?;
-    if shortcut.dims[1] != x.c {
+    let shape = x.shape;
+    if shortcut.dims[1] != shape.c {
         return None;
     }
-    let sub = MapShape { h: x.h.div_ceil(2), w: x.w.div_ceil(2), ..x };
+    let sub = MapShape { h: shape.h.div_ceil(2), w: shape.w.div_ceil(2), ..shape };
     let out = MapShape { c: shortcut.dims[0], ..sub };
     let maps = &mut scratch.maps;
-    subsample(&maps[MAP][..x.len()], x, input_relu, slot(&mut scratch.subsampled, sub.len()));
+    subsample(&maps[MAP][..shape.len()], shape, x.read(input_relu), slot(&mut scratch.subsampled, sub.len()));
     let relu_first = input_relu || block.relu_first;
-    let mid = separable(&block.sepconv1, maps, [MAP, FILTERED, INNER], x, relu_first, Accumulate::No)?;
-    pointwise(&scratch.subsampled[..sub.len()], sub, &shortcut, slot(&mut maps[MAP], out.len()), Accumulate::No);
-    let pre_pool = separable(&block.sepconv2, maps, [INNER, FILTERED, INNER], mid, true, Accumulate::No)?;
+    let mid = separable(&block.sepconv1, maps, [MAP, FILTERED, INNER], &x, relu_first, Start::Empty)?;
+    pointwise(&scratch.subsampled[..sub.len()], sub, &shortcut, slot(&mut maps[MAP], out.len()), Start::Bias);
+    let pre_pool = separable(&block.sepconv2, maps, [INNER, FILTERED, INNER], &mid, true, Start::Bias)?.shape;
     if pre_pool.c != out.c || pre_pool.n != out.n {
         return None;
     }
     let (pre_pool_map, map) = read_write(maps, INNER, MAP);
     max_pool_planes(&pre_pool_map[..pre_pool.len()], &mut map[..out.len()], [pre_pool.h, pre_pool.w], true);
-    Some(out)
+    Some(Map { shape: out, bias: None })
 }
 
 /// A middle-flow block on the map in `maps[MAP]`: three (ReLU, separable convolution), plus
 /// the input; the output replaces the input.
-fn middle_block(block: &MiddleBlock<Flex>, x: MapShape, scratch: &mut Scratch) -> Option<MapShape> {
+fn middle_block(block: &MiddleBlock<Flex>, x: Map, scratch: &mut Scratch) -> Option<Map> {
     let maps = &mut scratch.maps;
     let [first, second, third] = &block.sepconvs[..] else {
         return None;
     };
-    let y = separable(first, maps, [MAP, FILTERED, INNER], x, true, Accumulate::No)?;
-    let y = separable(second, maps, [INNER, FILTERED, INNER], y, true, Accumulate::No)?;
-    if y.c != x.c {
+    // The input is also the residual, which the last product adds as it is.
+    if x.bias.is_some() {
         return None;
     }
-    separable(third, maps, [INNER, FILTERED, MAP], y, true, Accumulate::Yes)
+    let y = separable(first, maps, [MAP, FILTERED, INNER], &x, true, Start::Empty)?;
+    let y = separable(second, maps, [INNER, FILTERED, INNER], &y, true, Start::Empty)?;
+    if y.shape.c != x.shape.c {
+        return None;
+    }
+    separable(third, maps, [INNER, FILTERED, MAP], &y, true, Start::ResidualPlusBias)
 }
 
-/// A separable convolution of the map in `maps[input]` (of `max(x, 0)` if `relu_input`): 3x3
-/// depthwise into `maps[filtered]`, then 1x1 into `maps[output]`, which may be `input` (read
-/// only by the depthwise step). With [`Accumulate::Yes`] `maps[output]` holds the residual.
+/// A separable convolution of the map `x` in `maps[input]` (read with its missing bias and,
+/// if `relu_input`, a ReLU): 3x3 depthwise into `maps[filtered]`, then 1x1 into
+/// `maps[output]`, which may be `input` (read only by the depthwise step).
 fn separable(
     layer: &SeparableConvBn<Flex>,
     maps: &mut [Vec<f32>; 3],
     [input, filtered, output]: [usize; 3],
-    shape: MapShape,
+    x: &Map,
     relu_input: bool,
-    accumulate: Accumulate,
-) -> Option<MapShape> {
+    start: Start,
+) -> Option<Map> {
     let (depthwise, pointwise_weights) = separable_conv(layer)?;
+    let shape = x.shape;
     if depthwise.dims[0] != shape.c {
         return None;
     }
     let n = shape.n;
-    let (x, filtered_map) = read_write(maps, input, filtered);
+    let (x_values, filtered_map) = read_write(maps, input, filtered);
     let filtered_map = slot(filtered_map, shape.len());
-    depthwise_planes(&x[..shape.len()], filtered_map, [shape.h, shape.w], depthwise.weight(), depthwise.bias(), |plane| plane / n, relu_input);
+    depthwise_planes(&x_values[..shape.len()], filtered_map, [shape.h, shape.w], depthwise.weight(), depthwise.bias(), |plane| plane / n, x.read(relu_input));
     let out = MapShape { c: pointwise_weights.dims[0], ..shape };
     let (filtered_map, output_map) = read_write(maps, filtered, output);
-    if accumulate == Accumulate::Yes && output_map.len() < out.len() {
+    if start == Start::ResidualPlusBias && output_map.len() < out.len() {
         return None;
     }
-    pointwise(&filtered_map[..shape.len()], shape, &pointwise_weights, slot(output_map, out.len()), accumulate);
-    Some(out)
+    let bias = pointwise(&filtered_map[..shape.len()], shape, &pointwise_weights, slot(output_map, out.len()), start);
+    Some(Map { shape: out, bias })
 }
 
 /// A 1x1 convolution as one matrix product over the batch: `output [out, n*h*w] (+)=
-/// W [out, in] x [in, n*h*w] + bias`.
-fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32], accumulate: Accumulate) {
+/// W [out, in] x [in, n*h*w]`, plus the bias unless `start` is [`Start::Empty`]; then the bias
+/// is returned, for the readers.
+fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32], start: Start) -> Option<Vec<f32>> {
     let columns = shape.columns();
     let [out_channels, in_channels, _, _] = conv.dims;
-    start_from_bias(output, columns, conv.bias(), accumulate);
-    matmul(output, columns, columns, conv.weight(), out_channels, in_channels, x, columns);
-}
-
-/// Prepares `output` (rows of `columns`) for an accumulating product: each row set to its
-/// bias (or zero), or the bias added to what the row holds.
-fn start_from_bias(output: &mut [f32], columns: usize, bias: Option<&[f32]>, accumulate: Accumulate) {
-    output.par_chunks_mut(columns).enumerate().for_each(|(row, values)| {
-        let b = bias.map_or(0.0, |bias| bias[row]);
-        match accumulate {
-            Accumulate::No => values.fill(b),
-            Accumulate::Yes if b != 0.0 => values.iter_mut().for_each(|v| *v += b),
-            Accumulate::Yes => {}
+    let bias = conv.bias();
+    let read_output = match (start, bias) {
+        (Start::Empty, _) | (Start::Bias, None) => false,
+        (Start::Bias, Some(bias)) => {
+            output.par_chunks_mut(columns).zip(bias).for_each(|(row, &b)| row.fill(b));
+            true
         }
-    });
+        (Start::ResidualPlusBias, bias) => {
+            if let Some(bias) = bias {
+                output.par_chunks_mut(columns).zip(bias).for_each(|(row, &b)| row.iter_mut().for_each(|v| *v += b));
+            }
+            true
+        }
+    };
+    matmul(output, columns, columns, conv.weight(), out_channels, in_channels, x, columns, read_output);
+    match start {
+        Start::Empty => bias.map(<[f32]>::to_vec),
+        Start::Bias | Start::ResidualPlusBias => None,
+    }
 }
 
-/// `dst[i, j] += sum_k lhs[i, k] rhs[k, j]` for `m` rows, `k` inner and `columns` columns;
-/// row-major operands with the given row strides.
+/// `dst[i, j] (+)= sum_k lhs[i, k] rhs[k, j]` for `m` rows, `k` inner and `columns` columns
+/// (added to `dst` if `read_dst`, else written over it); row-major operands with the given row
+/// strides.
 ///
 /// Large products are split into one part per thread, each multiplied by one thread: by rows
 /// when every part keeps at least 128 (0.3-0.5 of Xception's 1x1 convolutions ran 8-15% faster
@@ -417,6 +458,7 @@ fn matmul(
     k: usize,
     rhs: &[f32],
     rhs_row_stride: usize,
+    read_dst: bool,
 ) {
     if m == 0 || columns == 0 || k == 0 {
         return;
@@ -430,7 +472,7 @@ fn matmul(
     let by_rows = m >= 128 * parts;
     if !by_rows && columns < 512 * parts {
         // SAFETY: one call over exactly the asserted extents of the three slices.
-        unsafe { gemm_into(dst.as_mut_ptr(), dst_row_stride, lhs.as_ptr(), k, rhs.as_ptr(), rhs_row_stride, [m, k, columns], gemm::Parallelism::Rayon(0)) };
+        unsafe { gemm_into(dst.as_mut_ptr(), dst_row_stride, lhs.as_ptr(), k, rhs.as_ptr(), rhs_row_stride, [m, k, columns], read_dst, gemm::Parallelism::Rayon(0)) };
         return;
     }
     let (split, align) = if by_rows { (m, 16) } else { (columns, 8) };
@@ -451,13 +493,15 @@ fn matmul(
                 rhs.as_ptr().add(cols.start),
                 rhs_row_stride,
                 [rows.len(), k, cols.len()],
+                read_dst,
                 gemm::Parallelism::None,
             )
         };
     });
 }
 
-/// `dst += lhs x rhs` for `[m, k, columns]` row-major operands with these row strides.
+/// `dst (+)= lhs x rhs` for `[m, k, columns]` row-major operands with these row strides (added
+/// to `dst` if `read_dst`).
 ///
 /// # Safety
 /// Every element at those extents and strides must be valid: readable for `lhs` and `rhs`,
@@ -471,6 +515,7 @@ unsafe fn gemm_into(
     rhs: *const f32,
     rhs_row_stride: usize,
     [m, k, columns]: [usize; 3],
+    read_dst: bool,
     parallelism: gemm::Parallelism,
 ) {
     unsafe {
@@ -481,7 +526,7 @@ unsafe fn gemm_into(
             dst,
             1,
             dst_row_stride as isize,
-            true,
+            read_dst,
             lhs,
             1,
             lhs_row_stride as isize,
@@ -518,15 +563,16 @@ impl SendPtr {
 }
 
 /// A valid 3x3 convolution with `stride` of the planes of `input` (plane of channel `ci` and
-/// image `i` at `plane(ci, i)`, each `h x w`), of `max(x, 0)` if `relu_input`: im2col in chunks
-/// of output rows, each multiplied into `output` (`[out, n * ho * wo]`, bias first).
+/// image `i` at `plane(ci, i)`, each `h x w`), read as `read` says: im2col in chunks of output
+/// rows, each multiplied into its columns of `output` (`[out, n * ho * wo]`, without the bias,
+/// which is left to the readers).
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
     input: &[f32],
     [h, w]: [usize; 2],
     plane: impl Fn(usize, usize) -> usize + Sync,
     stride: usize,
-    relu_input: bool,
+    read: InputRead,
     conv: &ConvWeights,
     out: MapShape,
     output: &mut [f32],
@@ -535,7 +581,6 @@ fn conv3x3(
     let [out_channels, in_channels, _, _] = conv.dims;
     let depth = in_channels * 9;
     let all_columns = out.columns();
-    start_from_bias(output, all_columns, conv.bias(), Accumulate::No);
     let rows_per_chunk = (IM2COL_CHUNK_FLOATS / (depth * out.w)).max(1);
     for image in 0..out.n {
         for first_row in (0..out.h).step_by(rows_per_chunk) {
@@ -547,40 +592,35 @@ fn conv3x3(
                 let source = &input[plane(ci, image)..plane(ci, image) + h * w];
                 for (y, col_row) in col.chunks_mut(out.w).enumerate() {
                     let row = &source[((first_row + y) * stride + ky) * w + kx..][..(out.w - 1) * stride + 1];
-                    let taps = row.iter().step_by(stride);
-                    match relu_input {
-                        true => col_row.iter_mut().zip(taps).for_each(|(value, &v)| *value = v.max(0.0)),
-                        false if stride == 1 => col_row.copy_from_slice(row),
-                        false => col_row.iter_mut().zip(taps).for_each(|(value, &v)| *value = v),
-                    }
+                    read.copy(ci, row.iter().step_by(stride), col_row);
                 }
             });
             let offset = (image * out.h + first_row) * out.w;
-            matmul(&mut output[offset..], all_columns, chunk, conv.weight(), out_channels, depth, cols, chunk);
+            matmul(&mut output[offset..], all_columns, chunk, conv.weight(), out_channels, depth, cols, chunk, false);
         }
     }
 }
 
-/// Every second pixel in both directions (the input of a 1x1 stride-2 shortcut), of
-/// `max(x, 0)` if `relu_input`.
-fn subsample(x: &[f32], shape: MapShape, relu_input: bool, output: &mut [f32]) {
+/// Every second pixel in both directions (the input of a 1x1 stride-2 shortcut) of a
+/// `[c, n, h, w]` map, read as `read` says.
+fn subsample(x: &[f32], shape: MapShape, read: InputRead, output: &mut [f32]) {
     let (ho, wo) = (shape.h.div_ceil(2), shape.w.div_ceil(2));
     output
         .par_chunks_mut(ho * wo)
         .zip(x.par_chunks(shape.h * shape.w))
-        .for_each(|(out_plane, plane)| {
+        .enumerate()
+        .for_each(|(plane_index, (out_plane, plane))| {
             for (y, out_row) in out_plane.chunks_mut(wo).enumerate() {
                 let row = &plane[2 * y * shape.w..][..shape.w];
-                for (value, &v) in out_row.iter_mut().zip(row.iter().step_by(2)) {
-                    *value = if relu_input { v.max(0.0) } else { v };
-                }
+                read.copy(plane_index / shape.n, row.iter().step_by(2), out_row);
             }
         });
 }
 
-/// `max(x, 0)` of a `[c, n, h, w]` map, as NCHW.
-fn to_nchw_relu(x: &[f32], shape: MapShape) -> Vec<f32> {
+/// `max(x + bias, 0)` of a `[c, n, h, w]` map, as NCHW.
+fn to_nchw_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
     let plane = shape.h * shape.w;
+    let read = InputRead { bias, relu: true };
     let mut output = vec![0.0f32; shape.len()];
     output
         .par_chunks_mut(shape.c * plane)
@@ -588,18 +628,22 @@ fn to_nchw_relu(x: &[f32], shape: MapShape) -> Vec<f32> {
         .for_each(|(image, out_image)| {
             for (channel, out_plane) in out_image.chunks_mut(plane).enumerate() {
                 let source = &x[(channel * shape.n + image) * plane..][..plane];
-                out_plane.iter_mut().zip(source).for_each(|(o, &v)| *o = v.max(0.0));
+                read.copy(channel, source.iter(), out_plane);
             }
         });
     output
 }
 
-/// The mean of `max(x, 0)` over each plane of a `[c, n, h, w]` map, as `[n, c]`.
-fn mean_relu(x: &[f32], shape: MapShape) -> Vec<f32> {
+/// The mean of `max(x + bias, 0)` over each plane of a `[c, n, h, w]` map, as `[n, c]`.
+fn mean_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
     let plane = shape.h * shape.w;
     let means: Vec<f32> = x
         .par_chunks(plane)
-        .map(|values| values.iter().map(|&v| v.max(0.0)).sum::<f32>() / plane as f32)
+        .enumerate()
+        .map(|(index, values)| {
+            let b = bias.map_or(0.0, |bias| bias[index / shape.n]);
+            values.iter().map(|&v| (v + b).max(0.0)).sum::<f32>() / plane as f32
+        })
         .collect();
     let mut output = vec![0.0f32; shape.n * shape.c];
     for (index, mean) in means.into_iter().enumerate() {
@@ -620,15 +664,17 @@ mod tests {
 
     /// `matmul` equals the textbook sum for every way it splits the work: by rows, by columns,
     /// unsplit (small), and the crate's own threading (many threads, narrow product); with row
-    /// strides wider than the columns, as the stem's chunks use them.
+    /// strides wider than the columns, as the stem's chunks use them; adding to `dst` or
+    /// writing over it.
     #[test]
     fn matmul_matches_the_plain_sum_for_every_split() {
-        for (threads, [m, k, columns]) in [
-            (2, [300, 200, 150]),
-            (2, [64, 288, 2000]),
-            (2, [20, 30, 40]),
-            (16, [40, 300, 700]),
-            (3, [500, 100, 1000]),
+        for (threads, [m, k, columns], read_dst) in [
+            (2, [300, 200, 150], true),
+            (2, [64, 288, 2000], false),
+            (2, [20, 30, 40], true),
+            (16, [40, 300, 700], false),
+            (3, [500, 100, 1000], true),
+            (3, [500, 100, 1000], false),
         ] {
             let (dst_stride, rhs_stride) = (columns + 5, columns + 3);
             let lhs = values(m * k, 1);
@@ -636,17 +682,21 @@ mod tests {
             let start = values(m * dst_stride, 3);
             let mut dst = start.clone();
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| matmul(&mut dst, dst_stride, columns, &lhs, m, k, &rhs, rhs_stride));
+            pool.install(|| matmul(&mut dst, dst_stride, columns, &lhs, m, k, &rhs, rhs_stride, read_dst));
             for i in 0..m {
                 for j in 0..dst_stride {
+                    let before = start[i * dst_stride + j] as f64;
                     let expected = if j < columns {
-                        start[i * dst_stride + j] as f64
-                            + (0..k).map(|p| lhs[i * k + p] as f64 * rhs[p * rhs_stride + j] as f64).sum::<f64>()
+                        let product = (0..k).map(|p| lhs[i * k + p] as f64 * rhs[p * rhs_stride + j] as f64).sum::<f64>();
+                        if read_dst { before + product } else { product }
                     } else {
-                        start[i * dst_stride + j] as f64
+                        before
                     };
                     let got = dst[i * dst_stride + j] as f64;
-                    assert!((got - expected).abs() <= 1e-4 * (1.0 + expected.abs()), "{threads} threads {m}x{k}x{columns}: [{i}, {j}] {got} vs {expected}");
+                    assert!(
+                        (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
+                        "{threads} threads {m}x{k}x{columns} read {read_dst}: [{i}, {j}] {got} vs {expected}"
+                    );
                 }
             }
         }
