@@ -308,14 +308,18 @@ fn on_host<B: Backend, const D: usize>(
             Some((values, shape)) => Ok(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device)),
             None => Err(Tensor::<Flex, D>::from_data(data, &device)),
         };
-        return match result {
-            Ok(y) => Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex"))),
-            Err(x) => Err(cast(x).unwrap_or_else(|_| unreachable!("B is Flex"))),
-        };
+        return result.map(from_flex).map_err(from_flex);
     }
     #[cfg(not(feature = "flex"))]
     let _ = &kernel;
     Err(x)
+}
+
+/// A `flex` tensor as a tensor of `B`, for code that has checked that `B` is `Flex`
+/// ([`runs_on_host`]).
+#[cfg(feature = "flex")]
+pub(crate) fn from_flex<B: Backend, const D: usize>(x: Tensor<super::Flex, D>) -> Tensor<B, D> {
+    cast(x).unwrap_or_else(|_| unreachable!("B is Flex"))
 }
 
 /// `value` as type `U` when `T` and `U` are the same type (a backend check at run time).

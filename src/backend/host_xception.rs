@@ -25,7 +25,7 @@ use burn::tensor::TensorPrimitive;
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-use super::host_kernels::{cast, depthwise_planes, max_pool_planes, runs_on_host, InputRead};
+use super::host_kernels::{cast, depthwise_planes, from_flex, max_pool_planes, runs_on_host, InputRead};
 use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
@@ -60,21 +60,19 @@ fn on_host<B: Backend, const D: usize>(
     let Some(net) = (net as &dyn std::any::Any).downcast_ref::<Xception<Flex>>() else {
         return Err(x);
     };
-    let x = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x)?;
-    let dims = x.dims();
-    let input = match x.clone().into_primitive() {
-        TensorPrimitive::Float(tensor) => tensor,
-        TensorPrimitive::QFloat(_) => return Err(cast(x).unwrap_or_else(|_| unreachable!("B is Flex"))),
+    let Ok(flex) = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x.clone()) else {
+        return Err(x);
+    };
+    let dims = flex.dims();
+    let device = flex.device();
+    let TensorPrimitive::Float(input) = flex.into_primitive() else {
+        return Err(x);
     };
     // A permuted or sliced input (e.g. NHWC images seen as NCHW) is gathered once.
     let input = if values(&input).is_some() { input } else { input.to_contiguous() };
-    let output = values(&input).and_then(|values| run(net, values, dims, finish));
-    match output {
-        Some((values, shape)) => {
-            let y = Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &x.device());
-            Ok(cast(y).unwrap_or_else(|_| unreachable!("B is Flex")))
-        }
-        None => Err(cast(x).unwrap_or_else(|_| unreachable!("B is Flex"))),
+    match values(&input).and_then(|values| run(net, values, dims, finish)) {
+        Some((values, shape)) => Ok(from_flex(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device))),
+        None => Err(x),
     }
 }
 
@@ -148,8 +146,8 @@ fn primitive<const D: usize>(tensor: Tensor<Flex, D>) -> Option<FlexTensor> {
     }
 }
 
-/// The weights of a folded [`ConvBn`] with this kernel size and stride, valid padding unless
-/// `same` (for 1x1 kernels "same" and valid pad nothing).
+/// The weights of a folded [`ConvBn`] with this kernel size and stride and no padding (valid,
+/// or "same" for a 1x1 kernel, which pads nothing).
 fn dense_conv(layer: &ConvBn<Flex>, kernel: usize, stride: usize) -> Option<ConvWeights> {
     let conv = &layer.conv;
     let unpadded = matches!(
@@ -193,9 +191,9 @@ struct Scratch {
     columns: Vec<f32>,
 }
 
-/// Scratch kept between passes up to this size: growing a buffer costs a page fault and a
-/// clearing per page, a quarter of a batch-1 pass when every pass allocates afresh.
-/// 256 MiB holds the buffers of 224x224 inputs up to batch 12.
+/// Scratch kept between passes up to this size: fresh buffers cost a page fault and a clearing
+/// per page (keeping them took batch 8 from 49-50 to 44-46 ms per image). 256 MiB holds the
+/// buffers of 224x224 inputs up to batch 12 (about 170 MB at batch 8).
 const KEPT_SCRATCH_BYTES: usize = 256 << 20;
 
 /// The scratch of the last pass, for the next one (a concurrent pass allocates its own).
@@ -444,10 +442,10 @@ fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32],
 /// strides.
 ///
 /// Large products are split into one part per thread, each multiplied by one thread: by rows
-/// when every part keeps at least 128 (0.3-0.5 of Xception's 1x1 convolutions ran 8-15% faster
-/// that way than with the `gemm` crate's own threading, 728x728x196 to x1568 and 2048x1536x49),
-/// else by columns when every part keeps at least 512 (the stem's 64-row products: 1.3x
-/// faster); products too small for either (many threads) use the crate's threading.
+/// when every part keeps at least 128 (on 2 cores, 728x728 by 196 to 1,568 columns and
+/// 2048x1536x49 ran 8-15% faster that way than with the `gemm` crate's own threading), else by
+/// columns when every part keeps at least 512 (the stem's 64-row products: 1.3x faster);
+/// products too small for either (many threads) use the crate's threading.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     dst: &mut [f32],
@@ -589,7 +587,7 @@ fn conv3x3(
             let cols = slot(columns, depth * chunk);
             cols.par_chunks_mut(chunk).enumerate().for_each(|(r, col)| {
                 let (ci, ky, kx) = (r / 9, r / 3 % 3, r % 3);
-                let source = &input[plane(ci, image)..plane(ci, image) + h * w];
+                let source = &input[plane(ci, image)..][..h * w];
                 for (y, col_row) in col.chunks_mut(out.w).enumerate() {
                     let row = &source[((first_row + y) * stride + ky) * w + kx..][..(out.w - 1) * stride + 1];
                     read.copy(ci, row.iter().step_by(stride), col_row);

@@ -10,8 +10,8 @@ use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 
-use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
 use super::adcorre_net::global_average_pool;
+use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
 use crate::backend::host_kernels::same_max_pool_3x3_stride2;
 use crate::error::AdCorreError;
 
