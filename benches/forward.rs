@@ -9,15 +9,17 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use adcorre::backend::AdCorreBackend;
 use adcorre::model::AdCorreNetConfig;
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::time::Duration;
 
-/// `has_host_kernels`: whether adcorre's host code (`host_xception`, `host_kernels`) runs on `B`
-/// (flex).
-fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, has_host_kernels: bool) {
+/// `has_host_kernels`: whether adcorre's operations have host kernels on `B` (flex); elsewhere
+/// the "Burn ops" baseline is not run (it differs little from the generic operations).
+fn bench_backend<B: AdCorreBackend>(c: &mut Criterion, name: &str, has_host_kernels: bool) {
     let device = B::Device::default();
     let net = AdCorreNetConfig::new().init::<B>(&device);
     let folded = net.clone().fold_batch_norm();
@@ -36,7 +38,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, has_host_kernels: bo
                 continue;
             }
             group.bench_with_input(BenchmarkId::new(variant, batch), &images, |b, images| {
-                adcorre::backend::host_kernels::set_enabled(host_kernels);
+                adcorre::backend::ops::set_enabled(host_kernels);
                 b.iter(|| {
                     let out = net.forward(images.clone());
                     // Read back so lazy/async backends finish the work inside the timing.
@@ -45,7 +47,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str, has_host_kernels: bo
             });
         }
     }
-    adcorre::backend::host_kernels::set_enabled(true);
+    adcorre::backend::ops::set_enabled(true);
     group.finish();
 }
 

@@ -5,7 +5,7 @@
 //!
 //! Each timed call gets its own copy of the input, as the network's layers do (a shared input
 //! would cost the host kernels a copy that the model never pays). "host" rows are
-//! `adcorre::backend::host_kernels` (flex only), "burn" rows Burn's generic operations.
+//! adcorre's operations (`adcorre::backend::ops`, host kernels on flex), "burn" rows Burn's generic operations.
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -13,7 +13,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::Instant;
 
-use adcorre::backend::host_kernels::{depthwise_conv_3x3, same_max_pool_3x3_stride2};
+use adcorre::backend::{ops, AdCorreBackend};
 use adcorre::model::layers::{keras_batch_norm, ConvBnConfig, SeparableConvBnConfig};
 use adcorre::model::xception::same_max_pool;
 use burn::nn::conv::Conv2dConfig;
@@ -43,7 +43,7 @@ fn time_ms<B: Backend>(x: &Tensor<B, 4>, mut f: impl FnMut(Tensor<B, 4>)) -> f64
     times[2]
 }
 
-fn profile<B: Backend>(name: &str, has_host: bool) {
+fn profile<B: AdCorreBackend>(name: &str, has_host: bool) {
     let device = B::Device::default();
     println!("\n{name}: ms per image (batch 1 | batch 8)");
     let shapes = [(128usize, 109usize), (256, 55), (728, 28), (728, 14), (1536, 7)];
@@ -64,17 +64,13 @@ fn profile<B: Backend>(name: &str, has_host: bool) {
             let read = |t: Tensor<B, 4>| {
                 let _ = t.slice([0..1, 0..1, 0..1, 0..1]).into_data();
             };
-            let host = |r: Result<Tensor<B, 4>, Tensor<B, 4>>| match r {
-                Ok(t) => read(t),
-                Err(_) => panic!("no host kernel on this backend"),
-            };
             let results = [
                 ("depthwise burn", time_ms(&x, |x| read(depthwise.forward(x)))),
-                ("depthwise host", if has_host { time_ms(&x, |x| host(depthwise_conv_3x3(x, &depthwise))) } else { f64::NAN }),
+                ("depthwise host", if has_host { time_ms(&x, |x| read(ops::depthwise_conv3x3(x, depthwise.weight.val(), false))) } else { f64::NAN }),
                 ("pointwise1x1", time_ms(&x, |x| read(pointwise.forward(x)))),
                 ("batchnorm", time_ms(&x, |x| read(bn.forward(x)))),
                 ("maxpool burn", time_ms(&x, |x| read(pool.forward(x)))),
-                ("maxpool host", if has_host { time_ms(&x, |x| host(same_max_pool_3x3_stride2(x))) } else { f64::NAN }),
+                ("maxpool host", if has_host { time_ms(&x, |x| read(ops::max_pool3x3_stride2_same(x))) } else { f64::NAN }),
                 ("relu", time_ms(&x, |x| read(relu(x)))),
                 ("add", time_ms(&x, |x| read(x.clone() + x))),
                 ("sepconv+bn", time_ms(&x, |x| read(sep.forward(x)))),

@@ -33,10 +33,10 @@ for batch in 1 8; do
         report "$("$BASELINE_BIN" bench --model "$model" --batch "$batch" --iters 5 --json)" \
             "$tf_s" "$batch" "baseline $(basename "$BASELINE_BIN")"
     fi
-    for variant in "--no-fold --no-host-kernels" "--no-host-kernels" ""; do
+    for variant in "--no-fold --burn-ops" "--burn-ops" ""; do
         case "$variant" in
-            "--no-fold --no-host-kernels") label="Burn ops, batch norm unfolded" ;;
-            "--no-host-kernels") label="Burn ops, batch norm folded" ;;
+            "--no-fold --burn-ops") label="Burn ops, batch norm unfolded" ;;
+            "--burn-ops") label="Burn ops, batch norm folded" ;;
             *) label="host pass (TestModels)" ;;
         esac
         # shellcheck disable=SC2086

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use adcorre::backend::AdCorreBackend;
 use adcorre::data::npy::read_npy;
 use adcorre::import::keras::import_keras;
 use adcorre::model::{load_model, parameter_count, save_model};
@@ -36,7 +37,7 @@ fn relative_error(ours: &[f32], keras: &[f32]) -> f32 {
     max_abs_diff(ours, keras) / scale
 }
 
-fn matches_keras<B: Backend>() {
+fn matches_keras<B: AdCorreBackend>() {
     let device = B::Device::default();
     let (net, card) = import_keras::<B>(&fixture("adcorre_xcp7.h5"), &device).unwrap();
     assert_eq!(card.network.num_heads, 7);

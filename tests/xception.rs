@@ -3,6 +3,7 @@
 
 mod common;
 
+use adcorre::backend::AdCorreBackend;
 use adcorre::model::checkpoint::{model_to_bytes, parameter_shapes};
 use adcorre::model::xception::same_max_pool;
 use adcorre::model::{
@@ -22,7 +23,7 @@ fn small_config() -> AdCorreNetConfig {
         .with_num_classes(8)
 }
 
-fn spatial_sizes_at_224<B: Backend>(device: &B::Device) {
+fn spatial_sizes_at_224<B: AdCorreBackend>(device: &B::Device) {
     let net = AdCorreNetConfig::new().init::<B>(device);
     let mut sizes = Vec::new();
     let features = net.backbone.forward_with_taps(
@@ -70,7 +71,7 @@ fn same_max_pool_matches_hand_computed<B: Backend>(device: &B::Device) {
     );
 }
 
-fn output_shapes_and_probabilities<B: Backend>(device: &B::Device) {
+fn output_shapes_and_probabilities<B: AdCorreBackend>(device: &B::Device) {
     let net = small_config().init::<B>(device);
     let out = net.forward(test_images::<B>([2, 3, 64, 64], 3, device));
     assert_eq!(out.logits.dims(), [2, 8]);
@@ -86,7 +87,7 @@ fn output_shapes_and_probabilities<B: Backend>(device: &B::Device) {
     }
 }
 
-fn save_load_round_trip_is_bit_identical<B: Backend>(device: &B::Device) {
+fn save_load_round_trip_is_bit_identical<B: AdCorreBackend>(device: &B::Device) {
     let config = small_config();
     let net = config.init::<B>(device);
     let card = ModelCard::new(config.clone()).with_input_size(64).with_source("test");
@@ -251,7 +252,7 @@ fn flex_and_ndarray_agree_on_the_same_weights() {
     let (ndarray_net, _) = model_from_bytes::<NdArray>(bytes, &Default::default()).unwrap();
 
     // A bright noise image and a dark one: noise images of equal statistics pool alike.
-    fn inputs<B: Backend>() -> Tensor<B, 4> {
+    fn inputs<B: AdCorreBackend>() -> Tensor<B, 4> {
         let noise = test_images::<B>([1, 3, 224, 224], 11, &Default::default());
         Tensor::cat(vec![noise.clone(), noise * 0.2], 0)
     }
@@ -319,33 +320,45 @@ fn cards_written_before_a_field_existed_still_load() {
     assert_eq!(loaded.network, config, "missing field takes its default");
 }
 
-/// Held by the tests that switch the host kernels off or need them on (the switch is global
-/// and tests run in parallel).
+/// Held by the tests that switch adcorre's operations off or need them on (the switch is
+/// global and tests run in parallel).
 #[cfg(feature = "flex")]
-static HOST_KERNEL_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static OPS_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The per-layer host kernels (flex) change no result: the whole folded network run layer by
-/// layer, kernels on and off.
+/// adcorre's operations (flex host kernels) give the results of Burn's layers: the whole folded
+/// network run layer by layer, operations on and off (the depthwise and pooling kernels are
+/// bit-identical to Burn's; the 1x1 products sum in another order).
 #[cfg(feature = "flex")]
 #[test]
-fn host_kernels_give_burns_results_bit_for_bit() {
-    use adcorre::backend::host_kernels::{same_max_pool_3x3_stride2, set_enabled};
+fn adcorre_ops_give_burns_layer_results() {
+    use adcorre::backend::ops::set_enabled;
     use adcorre::backend::Flex;
     let device = Default::default();
-    let net = AdCorreNetConfig::new()
-        .with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2))
-        .init::<Flex>(&device)
-        .fold_batch_norm();
+    let net = common::calibrate(
+        AdCorreNetConfig::new()
+            .with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2))
+            .init::<Flex>(&device),
+        5,
+    )
+    .fold_batch_norm();
     let images = test_images::<Flex>([2, 3, 75, 75], 3, &device);
-    let _switch = HOST_KERNEL_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _switch = OPS_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let layer_by_layer = |images| values(net.backbone.forward_with_taps(images, &mut |_, _| {}));
-    let with_kernels = layer_by_layer(images.clone());
+    let ours = layer_by_layer(images.clone());
     set_enabled(false);
-    let declined = same_max_pool_3x3_stride2(images.clone()).is_err();
-    let without = layer_by_layer(images);
+    let burn = layer_by_layer(images);
     set_enabled(true);
-    assert!(declined, "switched off, the kernels must hand the input back");
-    assert_eq!(with_kernels, without);
+    let scale = burn.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    let error = max_abs_diff(&ours, &burn) / scale;
+    assert!(error <= 1e-5, "relative error {error:e}");
+}
+
+/// The host pass of `flex` (`AdCorreBackend::folded_xception`) on tensors.
+#[cfg(feature = "flex")]
+fn host_pass<B: AdCorreBackend>(net: &adcorre::model::Xception<B>, images: &Tensor<B, 4>, pooled: bool) -> Option<Tensor<B, 4>> {
+    let input = images.clone().into_primitive().tensor();
+    B::folded_xception(net, &input, pooled).map(|out| Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(out)))
 }
 
 /// The one-pass host backbone (flex, folded batch norms) equals the layer-by-layer network up
@@ -354,18 +367,17 @@ fn host_kernels_give_burns_results_bit_for_bit() {
 #[cfg(feature = "flex")]
 #[test]
 fn host_backbone_pass_matches_the_layers() {
-    use adcorre::backend::{host_xception, Flex};
+    use adcorre::backend::Flex;
     use adcorre::model::global_average_pool;
     let device = Default::default();
     let config = AdCorreNetConfig::new().with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2));
     let net = common::calibrate(config.init::<Flex>(&device), 11).fold_batch_norm();
-    let _switch = HOST_KERNEL_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     for (shape, seed) in [([1, 3, 75, 75], 1), ([3, 3, 71, 96], 2), ([2, 3, 7, 7], 3), ([1, 3, 8, 11], 4)] {
         let images = test_images::<Flex>(shape, seed, &device);
         let layers = net.backbone.forward_with_taps(images.clone(), &mut |_, _| {});
         let pooled_layers = global_average_pool(layers.clone());
-        let host = host_xception::forward(&net.backbone, images.clone()).expect("a folded backbone on flex runs on the host");
-        let pooled = host_xception::forward_pooled(&net.backbone, images).expect("and so does its pooled variant");
+        let host = host_pass(&net.backbone, &images, false).expect("a folded backbone on flex runs on the host");
+        let pooled = host_pass(&net.backbone, &images, true).expect("and so does its pooled variant").flatten::<2>(1, 3);
         assert_eq!(host.dims(), layers.dims(), "{shape:?}");
         assert_eq!(pooled.dims(), pooled_layers.dims(), "{shape:?}");
         for (what, host, layers) in [("maps", values(host), values(layers)), ("pooled", values(pooled), values(pooled_layers))] {
@@ -382,12 +394,14 @@ fn host_backbone_pass_matches_the_layers() {
 #[cfg(feature = "flex")]
 #[test]
 fn host_backbone_pass_declines_unfolded_and_autodiff_networks() {
-    use adcorre::backend::{host_xception, Autodiff, Flex};
+    use adcorre::backend::{Autodiff, Flex};
     let device = Default::default();
     let config = small_config();
     let unfolded = config.init::<Flex>(&device);
-    assert!(host_xception::forward(&unfolded.backbone, test_images::<Flex>([1, 3, 32, 32], 1, &device)).is_err());
+    assert!(host_pass(&unfolded.backbone, &test_images::<Flex>([1, 3, 32, 32], 1, &device), false).is_none());
+    let folded = unfolded.fold_batch_norm();
+    assert!(host_pass(&folded.backbone, &test_images::<Flex>([1, 3, 32, 32], 1, &device), false).is_some());
     let autodiff = config.init::<Autodiff<Flex>>(&device).no_grad().fold_batch_norm();
     let images = test_images::<Autodiff<Flex>>([1, 3, 32, 32], 1, &device);
-    assert!(host_xception::forward(&autodiff.backbone, images).is_err());
+    assert!(host_pass(&autodiff.backbone, &images, false).is_none());
 }

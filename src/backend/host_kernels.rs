@@ -1,46 +1,18 @@
-//! Host-memory kernels for the two layers that Burn's CPU backend runs slowest in Xception
-//! inference: 3x3 max pooling with stride 2 (a scalar loop that also writes indices) and the
-//! 3x3 depthwise convolution (short per-plane rows).
-//!
-//! Model code calls the typed entry points ([`same_max_pool_3x3_stride2`],
-//! [`depthwise_conv_3x3`]); they run the kernel when the tensor lives on the `flex` backend
-//! (f32, no autodiff: the kernels have no backward pass) and hand the input back otherwise, so
-//! the caller falls back on Burn's generic operation. `flex` tensors move to and from host data
-//! without copying, so the kernels add no traffic. Both kernels reproduce Burn's results: the
-//! pooling takes the maximum of the same elements, the convolution adds the same products in
-//! the same order (checked against Burn in the tests below).
+//! Host-memory kernels for the two layers that Burn's CPU backend runs slowest in Xception:
+//! 3x3 max pooling with stride 2 (Burn's is a scalar loop that also writes indices) and the
+//! 3x3 depthwise convolution (short per-plane rows), on `f32` slices. `flex` runs them for
+//! [`crate::backend::ops::AdCorreBackend`]'s operations, and the inference pass
+//! (`host_xception`) inside its own loop. Both reproduce Burn's results: the pooling takes the
+//! maximum of the same elements, the convolution adds the same products in the same order
+//! (checked against Burn in `tests/training_ops.rs`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use burn::nn::conv::Conv2d;
-use burn::nn::PaddingConfig2d;
-use burn::prelude::*;
 use rayon::prelude::*;
 
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Switches the host kernels on or off for the whole process (on by default). Off, every layer
-/// runs Burn's generic operation: to measure what the kernels bring (`adcorre bench
-/// --no-host-kernels`) or to rule them out when results differ.
-pub fn set_enabled(enabled: bool) {
-    ENABLED.store(enabled, Ordering::Relaxed);
-}
-
-/// Whether the host kernels are switched on (see [`set_enabled`]).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// Pads of TensorFlow's "same" rule for one axis: `(before, after)`.
-fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
-    let out = size.div_ceil(stride);
-    let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(size);
-    (total / 2, total - total / 2)
-}
+use super::generic::same_pool_padding;
 
 /// 3x3 max pooling, stride 2, TensorFlow "same" padding (padded cells never win), on NCHW
 /// data of shape `dims`: returns `[n, c, ceil(h/2), ceil(w/2)]`.
-pub fn max_pool_3x3_stride2_same(input: &[f32], dims: [usize; 4]) -> (Vec<f32>, [usize; 4]) {
+pub(crate) fn max_pool_3x3_stride2_same(input: &[f32], dims: [usize; 4]) -> (Vec<f32>, [usize; 4]) {
     let [n, c, h, w] = dims;
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
     let mut output = vec![0.0f32; n * c * ho * wo];
@@ -53,8 +25,8 @@ pub fn max_pool_3x3_stride2_same(input: &[f32], dims: [usize; 4]) -> (Vec<f32>, 
 /// host backbone adds the pooled branch onto the shortcut this way).
 pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize; 2], accumulate: bool) {
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
-    let (top, _) = same_padding(h, 3, 2);
-    let (left, _) = same_padding(w, 3, 2);
+    let (top, _) = same_pool_padding(h);
+    let (left, _) = same_pool_padding(w);
     if output.is_empty() {
         return;
     }
@@ -99,17 +71,12 @@ fn max_pool_plane(
 }
 
 /// Depthwise 3x3 convolution, stride 1, padding 1 on every side (TensorFlow "same" for this
-/// kernel), on NCHW data of shape `dims` with weights `[c, 1, 3, 3]` and an optional bias `[c]`.
-/// Each output is `((0 + w00 x00) + w01 x01) + ... + w22 x22`, then `+ bias`: Burn's order.
-pub fn depthwise_conv_3x3_same(
-    input: &[f32],
-    dims: [usize; 4],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-) -> Vec<f32> {
+/// kernel), of `max(x, 0)` if `relu_input` else `x`, on NCHW data of shape `dims` with weights
+/// `[c, 1, 3, 3]`. Each output is `((0 + w00 x00) + w01 x01) + ... + w22 x22`: Burn's order.
+pub(crate) fn depthwise_conv_3x3_same(input: &[f32], dims: [usize; 4], weight: &[f32], relu_input: bool) -> Vec<f32> {
     let [_, c, h, w] = dims;
     let mut output = vec![0.0f32; input.len()];
-    depthwise_planes(input, &mut output, [h, w], weight, bias, |plane| plane % c, InputRead::default());
+    depthwise_planes(input, &mut output, [h, w], weight, None, |plane| plane % c, InputRead { bias: None, relu: relu_input });
     output
 }
 
@@ -211,196 +178,5 @@ fn depthwise_plane(
             Some(b) => out_row.iter_mut().zip(sum_row).for_each(|(o, &v)| *o = v + b),
             None => out_row.copy_from_slice(&sum_row[..w]),
         }
-    }
-}
-
-/// [`max_pool_3x3_stride2_same`] on a tensor when it lives on a backend with host kernels;
-/// otherwise the unchanged input comes back as `Err` for the generic path.
-pub fn same_max_pool_3x3_stride2<B: Backend>(x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    on_host(x, |input, dims| Some(max_pool_3x3_stride2_same(input, dims)))
-}
-
-/// The depthwise convolution `conv` applied to `x` by [`depthwise_conv_3x3_same`] when `conv`
-/// is a 3x3, stride 1, "same", one-filter-per-channel convolution and `x` lives on a backend
-/// with host kernels; otherwise the unchanged input comes back as `Err` for `conv.forward`.
-pub fn depthwise_conv_3x3<B: Backend>(
-    x: Tensor<B, 4>,
-    conv: &Conv2d<B>,
-) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    if !runs_on_host(&x) {
-        return Err(x);
-    }
-    let [c_out, c_per_group, kh, kw] = conv.weight.dims();
-    let channels = x.dims()[1];
-    let depthwise_3x3 = [kh, kw] == [3, 3]
-        && c_per_group == 1
-        && conv.groups == channels
-        && c_out == channels
-        && conv.stride == [1, 1]
-        && conv.dilation == [1, 1]
-        && matches!(conv.padding, PaddingConfig2d::Same | PaddingConfig2d::Explicit(1, 1, 1, 1));
-    if !depthwise_3x3 {
-        return Err(x);
-    }
-    let Some(weight) = host_data(conv.weight.val()) else {
-        return Err(x);
-    };
-    let bias = match &conv.bias {
-        Some(bias) => match host_data(bias.val()) {
-            Some(bias) => Some(bias),
-            None => return Err(x),
-        },
-        None => None,
-    };
-    on_host(x, |input, dims| {
-        let weight = weight.as_slice::<f32>().ok()?;
-        let bias = match &bias {
-            Some(bias) => Some(bias.as_slice::<f32>().ok()?),
-            None => None,
-        };
-        Some((depthwise_conv_3x3_same(input, dims, weight, bias), dims))
-    })
-}
-
-/// Whether the kernels would run on `x`: switched on, f32, on `flex`.
-pub(crate) fn runs_on_host<B: Backend, const D: usize>(x: &Tensor<B, D>) -> bool {
-    #[cfg(feature = "flex")]
-    {
-        enabled()
-            && x.dtype() == burn::tensor::DType::F32
-            && std::any::TypeId::of::<B>() == std::any::TypeId::of::<super::Flex>()
-    }
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = x;
-        false
-    }
-}
-
-/// The f32 data of a tensor that lives on a backend with host kernels.
-fn host_data<B: Backend, const D: usize>(x: Tensor<B, D>) -> Option<TensorData> {
-    #[cfg(feature = "flex")]
-    if runs_on_host(&x) {
-        if let Ok(x) = cast::<Tensor<B, D>, Tensor<super::Flex, D>>(x) {
-            return Some(x.into_data());
-        }
-    }
-    #[cfg(not(feature = "flex"))]
-    let _ = x;
-    None
-}
-
-/// Runs `kernel` on the host data of `x` (f32 on `flex`) and wraps its output as a tensor of the
-/// same backend; gives `x` back when the backend has no host kernels or the kernel declines.
-fn on_host<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    kernel: impl FnOnce(&[f32], [usize; D]) -> Option<(Vec<f32>, [usize; D])>,
-) -> Result<Tensor<B, D>, Tensor<B, D>> {
-    #[cfg(feature = "flex")]
-    if runs_on_host(&x) {
-        use super::Flex;
-        let x = cast::<Tensor<B, D>, Tensor<Flex, D>>(x)?;
-        let dims = x.dims();
-        let device = x.device();
-        let data = x.into_data();
-        let output = data.as_slice::<f32>().ok().and_then(|input| kernel(input, dims));
-        let result = match output {
-            Some((values, shape)) => Ok(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device)),
-            None => Err(Tensor::<Flex, D>::from_data(data, &device)),
-        };
-        return result.map(from_flex).map_err(from_flex);
-    }
-    #[cfg(not(feature = "flex"))]
-    let _ = &kernel;
-    Err(x)
-}
-
-/// A `flex` tensor as a tensor of `B`, for code that has checked that `B` is `Flex`
-/// ([`runs_on_host`]).
-#[cfg(feature = "flex")]
-pub(crate) fn from_flex<B: Backend, const D: usize>(x: Tensor<super::Flex, D>) -> Tensor<B, D> {
-    cast(x).unwrap_or_else(|_| unreachable!("B is Flex"))
-}
-
-/// `value` as type `U` when `T` and `U` are the same type (a backend check at run time).
-#[cfg(feature = "flex")]
-pub(crate) fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
-    let mut slot = Some(value);
-    let any: &mut dyn std::any::Any = &mut slot;
-    match any.downcast_mut::<Option<U>>() {
-        Some(target) => Ok(target.take().unwrap_or_else(|| unreachable!("the slot was filled"))),
-        None => Err(slot.unwrap_or_else(|| unreachable!("the slot was filled"))),
-    }
-}
-
-#[cfg(all(test, feature = "flex"))]
-mod tests {
-    use super::*;
-    use crate::backend::{Autodiff, Flex};
-    use crate::model::xception::same_max_pool;
-    use burn::nn::conv::Conv2dConfig;
-    use burn::tensor::Distribution;
-
-    fn values(x: Tensor<Flex, 4>) -> Vec<f32> {
-        x.into_data().to_vec::<f32>().unwrap()
-    }
-
-    #[test]
-    fn max_pool_equals_burns_on_even_odd_and_tiny_planes() {
-        let device = Default::default();
-        for (n, c, h, w) in [(1, 3, 109, 109), (2, 5, 28, 28), (3, 2, 14, 15), (1, 4, 7, 6), (2, 1, 1, 1), (1, 2, 2, 3)] {
-            let x = Tensor::<Flex, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let expected = same_max_pool().forward(x.clone());
-            let got = same_max_pool_3x3_stride2(x).expect("flex has the host kernel");
-            assert_eq!(got.dims(), expected.dims(), "{n}x{c}x{h}x{w}");
-            assert_eq!(values(got), values(expected), "{n}x{c}x{h}x{w}");
-        }
-    }
-
-    #[test]
-    fn depthwise_equals_burns_bit_for_bit_with_and_without_bias() {
-        let device = Default::default();
-        for (n, c, h, w, bias) in [(1, 8, 109, 109, false), (2, 16, 14, 14, true), (3, 3, 5, 9, false), (1, 2, 1, 1, true)] {
-            let conv = Conv2dConfig::new([c, c], [3, 3])
-                .with_groups(c)
-                .with_padding(PaddingConfig2d::Same)
-                .with_bias(bias)
-                .init::<Flex>(&device);
-            let x = Tensor::<Flex, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let expected = conv.forward(x.clone());
-            let got = depthwise_conv_3x3(x, &conv).expect("a 3x3 depthwise conv on flex");
-            assert_eq!(got.dims(), expected.dims());
-            assert_eq!(values(got), values(expected), "{n}x{c}x{h}x{w} bias {bias}");
-        }
-    }
-
-    #[test]
-    fn other_convolutions_and_backends_take_the_generic_path() {
-        let device = Default::default();
-        let x = Tensor::<Flex, 4>::random([1, 4, 6, 6], Distribution::Default, &device);
-        let strided = Conv2dConfig::new([4, 4], [3, 3]).with_groups(4).with_stride([2, 2]).init::<Flex>(&device);
-        assert!(depthwise_conv_3x3(x.clone(), &strided).is_err());
-        let dense = Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Same).init::<Flex>(&device);
-        assert!(depthwise_conv_3x3(x.clone(), &dense).is_err());
-        let five = Conv2dConfig::new([4, 4], [5, 5]).with_groups(4).with_padding(PaddingConfig2d::Same).init::<Flex>(&device);
-        assert!(depthwise_conv_3x3(x, &five).is_err());
-
-        // Training runs on Autodiff<Flex>: the kernels have no backward pass, so Burn's ops run.
-        let x = Tensor::<Autodiff<Flex>, 4>::random([1, 4, 6, 6], Distribution::Default, &device);
-        let depthwise = Conv2dConfig::new([4, 4], [3, 3])
-            .with_groups(4)
-            .with_padding(PaddingConfig2d::Same)
-            .init::<Autodiff<Flex>>(&device);
-        assert!(same_max_pool_3x3_stride2(x.clone()).is_err());
-        assert!(depthwise_conv_3x3(x, &depthwise).is_err());
-    }
-
-    #[test]
-    fn same_padding_follows_tensorflow() {
-        assert_eq!(same_padding(109, 3, 2), (1, 1));
-        assert_eq!(same_padding(28, 3, 2), (0, 1));
-        assert_eq!(same_padding(14, 3, 2), (0, 1));
-        assert_eq!(same_padding(14, 3, 1), (1, 1));
-        assert_eq!(same_padding(1, 3, 2), (1, 1));
     }
 }

@@ -21,11 +21,12 @@ use burn::backend::flex::FlexTensor;
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
 use std::sync::Mutex;
 
-use super::host_kernels::{cast, depthwise_planes, from_flex, max_pool_planes, runs_on_host, InputRead};
+use super::host_matmul::{matmul, MatRef};
+use super::host_kernels::{depthwise_planes, max_pool_planes, InputRead};
 use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
@@ -34,46 +35,22 @@ use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
 /// whatever the batch; the first convolution (depth 27) takes a whole 224x224 image at once.
 const IM2COL_CHUNK_FLOATS: usize = 1 << 22;
 
-/// `net.forward(x)` computed by the host pass when `x` is f32 on `flex` and every layer is in
-/// the form the pass handles (folded batch norms, Keras' kernel sizes and strides); otherwise
-/// `x` comes back unchanged for Burn's layers.
-pub fn forward<B: Backend>(net: &Xception<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
-    on_host(net, x, |map, shape, bias| (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w]))
-}
-
-/// Like [`forward`], followed by global average pooling: `[batch, 3, h, w]` -> `[batch, c]`.
-/// The pooling reads the pass' last map directly, so the feature maps are never written out.
-pub fn forward_pooled<B: Backend>(net: &Xception<B>, x: Tensor<B, 4>) -> Result<Tensor<B, 2>, Tensor<B, 4>> {
-    on_host(net, x, |map, shape, bias| (mean_relu(map, shape, bias), [shape.n, shape.c]))
-}
-
-/// Runs the pass on `x` and `finish` on its last map (before the final ReLU, and the bias it
-/// lacks), wrapping what `finish` returns as a tensor; gives `x` back if the pass does not apply.
-fn on_host<B: Backend, const D: usize>(
-    net: &Xception<B>,
-    x: Tensor<B, 4>,
-    finish: impl FnOnce(&[f32], MapShape, Option<&[f32]>) -> (Vec<f32>, [usize; D]),
-) -> Result<Tensor<B, D>, Tensor<B, 4>> {
-    if !runs_on_host(&x) {
-        return Err(x);
-    }
-    let Some(net) = (net as &dyn std::any::Any).downcast_ref::<Xception<Flex>>() else {
-        return Err(x);
-    };
-    let Ok(flex) = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(x.clone()) else {
-        return Err(x);
-    };
-    let dims = flex.dims();
-    let device = flex.device();
-    let TensorPrimitive::Float(input) = flex.into_primitive() else {
-        return Err(x);
-    };
+/// The folded backbone's feature maps (or, if `pooled`, their spatial means as
+/// `[n, features, 1, 1]`; the maps are then never written out) computed by the host pass, when
+/// `x` is f32 and every layer is in the form the pass handles (folded batch norms, Keras'
+/// kernel sizes and strides); `None` otherwise, for Burn's layers.
+pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
+    let dims: [usize; 4] = x.shape().dims();
     // A permuted or sliced input (e.g. NHWC images seen as NCHW) is gathered once.
-    let input = if values(&input).is_some() { input } else { input.to_contiguous() };
-    match values(&input).and_then(|values| run(net, values, dims, finish)) {
-        Some((values, shape)) => Ok(from_flex(Tensor::<Flex, D>::from_data(TensorData::new(values, shape), &device))),
-        None => Err(x),
-    }
+    let input = if values(x).is_some() { x.clone() } else { x.to_contiguous() };
+    let (values, shape) = run(net, values(&input)?, dims, |map, shape, bias| {
+        if pooled {
+            (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
+        } else {
+            (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
+        }
+    })?;
+    Some(FlexTensor::from_data(TensorData::new(values, shape)))
 }
 
 /// The values of a contiguous f32 tensor that owns exactly its elements (no offset, no view).
@@ -430,133 +407,10 @@ fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32],
             true
         }
     };
-    matmul(output, columns, columns, conv.weight(), out_channels, in_channels, x, columns, read_output);
+    matmul(output, columns, [out_channels, in_channels, columns], MatRef::rows(conv.weight(), in_channels), MatRef::rows(x, columns), read_output);
     match start {
         Start::Empty => bias.map(<[f32]>::to_vec),
         Start::Bias | Start::ResidualPlusBias => None,
-    }
-}
-
-/// `dst[i, j] (+)= sum_k lhs[i, k] rhs[k, j]` for `m` rows, `k` inner and `columns` columns
-/// (added to `dst` if `read_dst`, else written over it); row-major operands with the given row
-/// strides.
-///
-/// Large products are split into one part per thread, each multiplied by one thread: by rows
-/// when every part keeps at least 128 (on 2 cores, 728x728 by 196 to 1,568 columns and
-/// 2048x1536x49 ran 8-15% faster that way than with the `gemm` crate's own threading), else by
-/// columns when every part keeps at least 512 (the stem's 64-row products: 1.3x faster);
-/// products too small for either (many threads) use the crate's threading.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    dst: &mut [f32],
-    dst_row_stride: usize,
-    columns: usize,
-    lhs: &[f32],
-    m: usize,
-    k: usize,
-    rhs: &[f32],
-    rhs_row_stride: usize,
-    read_dst: bool,
-) {
-    if m == 0 || columns == 0 || k == 0 {
-        return;
-    }
-    assert!(lhs.len() >= m * k, "matmul: lhs too short");
-    assert!(rhs.len() >= (k - 1) * rhs_row_stride + columns, "matmul: rhs too short");
-    assert!(dst.len() >= (m - 1) * dst_row_stride + columns, "matmul: dst too short");
-    let threads = rayon::current_num_threads();
-    let large = m * k * columns >= 192 * 192 * 192;
-    let parts = if large { threads } else { 1 };
-    let by_rows = m >= 128 * parts;
-    if !by_rows && columns < 512 * parts {
-        // SAFETY: one call over exactly the asserted extents of the three slices.
-        unsafe { gemm_into(dst.as_mut_ptr(), dst_row_stride, lhs.as_ptr(), k, rhs.as_ptr(), rhs_row_stride, [m, k, columns], read_dst, gemm::Parallelism::Rayon(0)) };
-        return;
-    }
-    let (split, align) = if by_rows { (m, 16) } else { (columns, 8) };
-    let step = split.div_ceil(parts).div_ceil(align) * align;
-    let dst = SendPtr(dst.as_mut_ptr());
-    (0..split.div_ceil(step)).into_par_iter().for_each(|part| {
-        let range = part * step..((part + 1) * step).min(split);
-        let (rows, cols) = if by_rows { (range, 0..columns) } else { (0..m, range) };
-        // SAFETY: the asserts above keep every element touched (rows of `columns` at the given
-        // strides) inside the three slices; the parts write disjoint rows or columns of `dst`,
-        // which is exclusively borrowed for the whole call.
-        unsafe {
-            gemm_into(
-                dst.at(rows.start * dst_row_stride + cols.start),
-                dst_row_stride,
-                lhs.as_ptr().add(rows.start * k),
-                k,
-                rhs.as_ptr().add(cols.start),
-                rhs_row_stride,
-                [rows.len(), k, cols.len()],
-                read_dst,
-                gemm::Parallelism::None,
-            )
-        };
-    });
-}
-
-/// `dst (+)= lhs x rhs` for `[m, k, columns]` row-major operands with these row strides (added
-/// to `dst` if `read_dst`).
-///
-/// # Safety
-/// Every element at those extents and strides must be valid: readable for `lhs` and `rhs`,
-/// writable and not accessed concurrently for `dst`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_into(
-    dst: *mut f32,
-    dst_row_stride: usize,
-    lhs: *const f32,
-    lhs_row_stride: usize,
-    rhs: *const f32,
-    rhs_row_stride: usize,
-    [m, k, columns]: [usize; 3],
-    read_dst: bool,
-    parallelism: gemm::Parallelism,
-) {
-    unsafe {
-        gemm::gemm(
-            m,
-            columns,
-            k,
-            dst,
-            1,
-            dst_row_stride as isize,
-            read_dst,
-            lhs,
-            1,
-            lhs_row_stride as isize,
-            rhs,
-            1,
-            rhs_row_stride as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
-}
-
-/// A pointer into a buffer whose disjoint parts threads write.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-// SAFETY: used only by `matmul`, whose parts write disjoint elements while the buffer is
-// exclusively borrowed.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `offset` elements further.
-    ///
-    /// # Safety
-    /// `offset` must stay inside the buffer.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
     }
 }
 
@@ -594,7 +448,7 @@ fn conv3x3(
                 }
             });
             let offset = (image * out.h + first_row) * out.w;
-            matmul(&mut output[offset..], all_columns, chunk, conv.weight(), out_channels, depth, cols, chunk, false);
+            matmul(&mut output[offset..], all_columns, [out_channels, depth, chunk], MatRef::rows(conv.weight(), depth), MatRef::rows(cols, chunk), false);
         }
     }
 }
@@ -649,54 +503,4 @@ fn mean_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
         output[image * shape.c + channel] = mean;
     }
     output
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Values in [-1, 1), deterministic.
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| ((i * 7919 + seed * 104729) % 2000) as f32 / 1000.0 - 1.0).collect()
-    }
-
-    /// `matmul` equals the textbook sum for every way it splits the work: by rows, by columns,
-    /// unsplit (small), and the crate's own threading (many threads, narrow product); with row
-    /// strides wider than the columns, as the stem's chunks use them; adding to `dst` or
-    /// writing over it.
-    #[test]
-    fn matmul_matches_the_plain_sum_for_every_split() {
-        for (threads, [m, k, columns], read_dst) in [
-            (2, [300, 200, 150], true),
-            (2, [64, 288, 2000], false),
-            (2, [20, 30, 40], true),
-            (16, [40, 300, 700], false),
-            (3, [500, 100, 1000], true),
-            (3, [500, 100, 1000], false),
-        ] {
-            let (dst_stride, rhs_stride) = (columns + 5, columns + 3);
-            let lhs = values(m * k, 1);
-            let rhs = values(k * rhs_stride, 2);
-            let start = values(m * dst_stride, 3);
-            let mut dst = start.clone();
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| matmul(&mut dst, dst_stride, columns, &lhs, m, k, &rhs, rhs_stride, read_dst));
-            for i in 0..m {
-                for j in 0..dst_stride {
-                    let before = start[i * dst_stride + j] as f64;
-                    let expected = if j < columns {
-                        let product = (0..k).map(|p| lhs[i * k + p] as f64 * rhs[p * rhs_stride + j] as f64).sum::<f64>();
-                        if read_dst { before + product } else { product }
-                    } else {
-                        before
-                    };
-                    let got = dst[i * dst_stride + j] as f64;
-                    assert!(
-                        (got - expected).abs() <= 1e-4 * (1.0 + expected.abs()),
-                        "{threads} threads {m}x{k}x{columns} read {read_dst}: [{i}, {j}] {got} vs {expected}"
-                    );
-                }
-            }
-        }
-    }
 }

@@ -1,7 +1,9 @@
 //! Backend selection: the only place that names concrete Burn backends.
 //!
-//! Everything else in the crate is generic over `B: Backend`. The cargo features pick
-//! which backends exist: `flex` (default, Burn's fast CPU backend), `ndarray`, `cuda`.
+//! Everything else in the crate is generic over [`AdCorreBackend`]: a Burn backend with
+//! adcorre's own operations ([`ops`]), which each backend here implements (generic defaults,
+//! host kernels on `flex`, a backward step per operation on `Autodiff`). The cargo features
+//! pick which backends exist: `flex` (default, Burn's fast CPU backend), `ndarray`, `cuda`.
 
 #[cfg(not(any(feature = "flex", feature = "ndarray")))]
 compile_error!("adcorre needs a CPU backend: enable the `flex` (default) or `ndarray` feature");
@@ -36,6 +38,28 @@ pub fn cpu_device() -> burn::tensor::Device<Cpu> {
     Default::default()
 }
 
-pub mod host_kernels;
+mod autodiff;
+#[cfg(feature = "flex")]
+mod flex;
+mod generic;
+#[cfg(feature = "flex")]
+mod host_kernels;
+#[cfg(feature = "flex")]
+mod host_matmul;
+#[cfg(feature = "flex")]
+mod host_training;
 #[cfg(feature = "flex")]
 pub mod host_xception;
+pub mod ops;
+
+pub use ops::{AdCorreAutodiffBackend, AdCorreBackend};
+
+#[cfg(feature = "ndarray")]
+impl AdCorreBackend for NdArray {}
+
+/// `ndarray` in double precision (reference computations).
+#[cfg(feature = "ndarray")]
+impl AdCorreBackend for burn::backend::NdArray<f64> {}
+
+#[cfg(feature = "cuda")]
+impl AdCorreBackend for Cuda {}

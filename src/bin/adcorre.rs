@@ -43,10 +43,11 @@ struct BenchArgs {
     /// Keep batch normalisation as separate layers (the unoptimised network, for comparison).
     #[arg(long)]
     no_fold: bool,
-    /// Run Burn's generic operations instead of adcorre's host code on flex (the one-pass
-    /// backbone and the max-pooling and depthwise kernels), for comparison.
+    /// Run Burn's own layers and Adam instead of adcorre's operations (the one-pass inference
+    /// backbone, the convolution, batch-norm and pooling kernels, the fused Adam), for
+    /// comparison.
     #[arg(long)]
-    no_host_kernels: bool,
+    burn_ops: bool,
     /// Time training steps (forward, Ad-Corre loss, backward, Adam) instead of inference.
     #[arg(long)]
     train: bool,
@@ -390,14 +391,14 @@ fn median_seconds(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f
     Ok(seconds[seconds.len() / 2])
 }
 
-fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
+fn bench_on<B: adcorre::backend::AdCorreBackend>(args: &BenchArgs) -> Result<()> {
     use adcorre::backend::Autodiff;
     use adcorre::model::{AdCorreNetConfig, ModelCard};
-    use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+    use burn::optim::{GradientsParams, Optimizer};
     use burn::tensor::{Distribution, Tensor};
 
     let device = B::Device::default();
-    adcorre::backend::host_kernels::set_enabled(!args.no_host_kernels);
+    adcorre::backend::ops::set_enabled(!args.burn_ops);
     let (net, card) = match &args.model {
         Some(path) => adcorre::infer::load_network::<Autodiff<B>>(path, &device)?,
         None => {
@@ -413,7 +414,7 @@ fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
         let images = Tensor::<Autodiff<B>, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
         let mut loss = adcorre::loss::AdCorreLossConfig::default().init(card.network.num_classes)?;
-        let mut optimizer = AdamConfig::new().with_epsilon(1e-7).init();
+        let mut optimizer = adcorre::train::optimizer::model_optimizer(1e-7);
         let mut model = Some(net);
         median_seconds(args.iters, || {
             let net = model.take().expect("model returned by the last step");
@@ -440,7 +441,7 @@ fn bench_on<B: burn::tensor::backend::Backend>(args: &BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "backend": backend, "mode": mode, "batch_norm_folded": !args.no_fold && !args.train,
-                "host_kernels": adcorre::backend::host_kernels::enabled(),
+                "adcorre_ops": adcorre::backend::ops::enabled(),
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
                 "images_per_s": batch as f64 / median,

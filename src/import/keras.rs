@@ -11,10 +11,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::prelude::*;
 use hdf5_pure::{AttrValue, File};
 
 use super::{assign_tensors, NamedTensors};
+use crate::backend::AdCorreBackend;
 use crate::error::{AdCorreError, Result};
 use crate::model::checkpoint::parameter_shapes;
 use crate::model::xception::XceptionConfig;
@@ -25,7 +25,7 @@ const KERAS_EPSILON: f64 = 1e-3;
 
 /// Imports a Keras `.h5` Ad-Corre model: the network with the file's weights and a card
 /// (k and the class count read from the file, 224x224 RGB input in [0, 1]).
-pub fn import_keras<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+pub fn import_keras<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     let file = KerasFile::open(path)?;
     let config = file.network_config()?;
     let input_size = file.input_size().unwrap_or(224);

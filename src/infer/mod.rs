@@ -9,7 +9,7 @@ use burn::prelude::*;
 use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{cpu_device, Cpu};
+use crate::backend::{cpu_device, AdCorreBackend, Cpu};
 use crate::data::Expression;
 use crate::error::{AdCorreError, Result};
 use crate::model::{load_model, AdCorreNet, ModelCard};
@@ -62,7 +62,7 @@ impl Recognition {
 /// println!("{} ({:.2})", recognition.expression, recognition.confidence());
 /// # Ok::<(), adcorre::AdCorreError>(())
 /// ```
-pub struct TestModels<B: Backend = Cpu> {
+pub struct TestModels<B: AdCorreBackend = Cpu> {
     model: AdCorreNet<B>,
     card: ModelCard,
     device: B::Device,
@@ -77,7 +77,7 @@ impl TestModels<Cpu> {
     }
 }
 
-impl<B: Backend> TestModels<B> {
+impl<B: AdCorreBackend> TestModels<B> {
     /// Loads a model file on `device`: an adcorre `.mpk`, or (feature `keras`) a Keras `.h5`,
     /// recognised by its HDF5 signature.
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
@@ -201,7 +201,7 @@ fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f
 
 /// Reads a model file, `.mpk` or (feature `keras`) Keras `.h5` recognised by its HDF5
 /// signature, as stored (batch normalisation not folded): for saving, fine-tuning or timing.
-pub fn load_network<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+pub fn load_network<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     if is_hdf5(path)? {
         load_keras(path, device)
     } else {
@@ -219,12 +219,12 @@ fn is_hdf5(path: &Path) -> Result<bool> {
 }
 
 #[cfg(feature = "keras")]
-fn load_keras<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+fn load_keras<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     crate::import::keras::import_keras(path, device)
 }
 
 #[cfg(not(feature = "keras"))]
-fn load_keras<B: Backend>(path: &Path, _device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+fn load_keras<B: AdCorreBackend>(path: &Path, _device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     Err(AdCorreError::NotKerasModel {
         path: path.to_path_buf(),
         reason: "this build cannot read Keras files: enable the `keras` feature, or convert \

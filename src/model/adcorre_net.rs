@@ -8,6 +8,7 @@ use burn::tensor::activation::softmax;
 
 use super::heads::{concat_heads, EmbeddingHeads, EmbeddingHeadsConfig};
 use super::xception::{Xception, XceptionConfig, MIN_INPUT_SIZE};
+use crate::backend::AdCorreBackend;
 use crate::error::AdCorreError;
 
 /// Configuration of [`AdCorreNet`]. Defaults are the published models: Keras Xception,
@@ -57,7 +58,7 @@ impl AdCorreNetConfig {
     }
 
     /// Builds the network on `device` after validating the configuration.
-    pub fn try_init<B: Backend>(&self, device: &B::Device) -> crate::Result<AdCorreNet<B>> {
+    pub fn try_init<B: AdCorreBackend>(&self, device: &B::Device) -> crate::Result<AdCorreNet<B>> {
         self.validate()?;
         Ok(self.init(device))
     }
@@ -67,14 +68,14 @@ impl AdCorreNetConfig {
     ///
     /// The weights are materialised here: Burn initialises parameters lazily, and clones of a
     /// lazy module would each draw their own random weights.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> AdCorreNet<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> AdCorreNet<B> {
         let net = self.init_lazy(device);
         materialize(&net);
         net
     }
 
     /// Builds the network with lazily initialised parameters, for loading weights into it.
-    pub(crate) fn init_lazy<B: Backend>(&self, device: &B::Device) -> AdCorreNet<B> {
+    pub(crate) fn init_lazy<B: AdCorreBackend>(&self, device: &B::Device) -> AdCorreNet<B> {
         let backbone = self.backbone.init(device);
         let heads = EmbeddingHeadsConfig::new(self.backbone.out_features())
             .with_num_heads(self.num_heads)
@@ -93,7 +94,7 @@ impl AdCorreNetConfig {
 
 /// The Ad-Corre network.
 #[derive(Module, Debug)]
-pub struct AdCorreNet<B: Backend> {
+pub struct AdCorreNet<B: AdCorreBackend> {
     /// Xception feature extractor.
     pub backbone: Xception<B>,
     /// The k L2-normalised embedding heads.
@@ -122,7 +123,7 @@ impl<B: Backend> AdCorreOutput<B> {
     }
 }
 
-impl<B: Backend> AdCorreNet<B> {
+impl<B: AdCorreBackend> AdCorreNet<B> {
     /// Images `[batch, 3, h, w]`, RGB in [0, 1] (the release feeds [0, 1], not Xception's
     /// [-1, 1]) -> logits `[batch, classes]` and embeddings `[k, batch, dim]`.
     ///

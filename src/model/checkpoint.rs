@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::adcorre_net::{AdCorreNet, AdCorreNetConfig, AdCorreNetRecord};
 use crate::atomic_file::write_atomically;
+use crate::backend::AdCorreBackend;
 use crate::data::Expression;
 use crate::error::{AdCorreError, Result};
 
@@ -83,7 +84,7 @@ type FileRecord<B> = (String, String, AdCorreNetRecord<B>);
 type ModelRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// Serialises a network and its card to bytes (named MessagePack, f32).
-pub fn model_to_bytes<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard) -> Result<Vec<u8>> {
+pub fn model_to_bytes<B: AdCorreBackend>(model: &AdCorreNet<B>, card: &ModelCard) -> Result<Vec<u8>> {
     card.validate()?;
     let expected = parameter_shapes(&card.network.init_lazy::<B>(&model.devices()[0]));
     if parameter_shapes(model) != expected {
@@ -101,12 +102,12 @@ pub fn model_to_bytes<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard) -> Re
 }
 
 /// Saves a network and its card to `path` (conventionally `.mpk`), atomically.
-pub fn save_model<B: Backend>(model: &AdCorreNet<B>, card: &ModelCard, path: &Path) -> Result<()> {
+pub fn save_model<B: AdCorreBackend>(model: &AdCorreNet<B>, card: &ModelCard, path: &Path) -> Result<()> {
     write_atomically(path, &model_to_bytes(model, card)?)
 }
 
 /// Loads a network saved by [`save_model`] from `path`; needs nothing but the file.
-pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
+pub fn load_model<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     let bytes = std::fs::read(path).map_err(|err| AdCorreError::io(path, err))?;
     model_from_bytes(bytes, device).map_err(|reason| AdCorreError::InvalidModelFile {
         path: path.to_path_buf(),
@@ -115,7 +116,7 @@ pub fn load_model<B: Backend>(path: &Path, device: &B::Device) -> Result<(AdCorr
 }
 
 /// Decodes a network from the bytes of [`model_to_bytes`]; the error is the reason in words.
-pub fn model_from_bytes<B: Backend>(
+pub fn model_from_bytes<B: AdCorreBackend>(
     bytes: Vec<u8>,
     device: &B::Device,
 ) -> std::result::Result<(AdCorreNet<B>, ModelCard), String> {
@@ -178,7 +179,7 @@ fn merge_json(base: &mut serde_json::Value, update: serde_json::Value) {
 
 /// The number of values in the network's tensors, trainable and running statistics alike
 /// (Keras' "Total params").
-pub fn parameter_count<B: Backend>(model: &AdCorreNet<B>) -> usize {
+pub fn parameter_count<B: AdCorreBackend>(model: &AdCorreNet<B>) -> usize {
     parameter_shapes(model)
         .iter()
         .map(|(_, shape)| shape.iter().product::<usize>())

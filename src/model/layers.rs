@@ -7,9 +7,10 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::activation::relu;
 use burn::tensor::s;
 
-use crate::backend::host_kernels::depthwise_conv_3x3;
+use crate::backend::ops::{self, AdCorreBackend};
 
 /// Keras' BatchNormalization epsilon.
 pub const KERAS_BN_EPSILON: f64 = 1e-3;
@@ -45,7 +46,7 @@ pub struct ConvBnConfig {
 
 /// A bias-free convolution followed by batch normalisation (Keras `Conv2D(use_bias=False)` + BN).
 #[derive(Module, Debug)]
-pub struct ConvBn<B: Backend> {
+pub struct ConvBn<B: AdCorreBackend> {
     /// The convolution, weight `[out, in, k, k]`.
     pub conv: Conv2d<B>,
     /// The batch normalisation over the output channels; `None` once folded into `conv`.
@@ -54,7 +55,7 @@ pub struct ConvBn<B: Backend> {
 
 impl ConvBnConfig {
     /// Builds the layer on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> ConvBn<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> ConvBn<B> {
         let conv = Conv2dConfig::new(self.channels, [self.kernel_size; 2])
             .with_stride([self.stride; 2])
             .with_padding(padding(self.same))
@@ -67,10 +68,15 @@ impl ConvBnConfig {
     }
 }
 
-impl<B: Backend> ConvBn<B> {
-    /// `[batch, in, h, w]` -> `[batch, out, h', w']`.
+impl<B: AdCorreBackend> ConvBn<B> {
+    /// `[batch, in, h, w]` -> `[batch, out, h', w']`. A 1x1 convolution runs as
+    /// [`ops::pointwise_conv`], others as Burn's convolution.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm(&self.bn, conv_forward(&self.conv, x))
+        let x = match pointwise_stride(&self.conv) {
+            Some(stride) if ops::enabled() => with_bias(ops::pointwise_conv(x, self.conv.weight.val(), stride), &self.conv),
+            _ => conv_forward(&self.conv, x),
+        };
+        batch_norm(&self.bn, x)
     }
 
     /// The same function for inference with the batch normalisation folded into the
@@ -100,11 +106,10 @@ pub struct SeparableConvBnConfig {
 }
 
 /// A depthwise 3x3 convolution (one filter per channel, "same" padding), a pointwise 1x1
-/// convolution, then batch normalisation. No biases, as in Keras' Xception. On `flex` the
-/// depthwise step runs a host kernel with Burn's exact arithmetic (see
-/// [`crate::backend::host_kernels`]).
+/// convolution, then batch normalisation. No biases, as in Keras' Xception. The convolutions
+/// run as [`ops::depthwise_conv3x3`] and [`ops::pointwise_conv`] (see [`crate::backend::ops`]).
 #[derive(Module, Debug)]
-pub struct SeparableConvBn<B: Backend> {
+pub struct SeparableConvBn<B: AdCorreBackend> {
     /// Depthwise convolution, weight `[in, 1, k, k]`, groups = in.
     pub depthwise: Conv2d<B>,
     /// Pointwise convolution, weight `[out, in, 1, 1]`.
@@ -115,7 +120,7 @@ pub struct SeparableConvBn<B: Backend> {
 
 impl SeparableConvBnConfig {
     /// Builds the layer on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> SeparableConvBn<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> SeparableConvBn<B> {
         let [c_in, c_out] = self.channels;
         let depthwise = Conv2dConfig::new([c_in, c_in], [self.kernel_size; 2])
             .with_groups(c_in)
@@ -133,11 +138,27 @@ impl SeparableConvBnConfig {
     }
 }
 
-impl<B: Backend> SeparableConvBn<B> {
+impl<B: AdCorreBackend> SeparableConvBn<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = depthwise_conv_3x3(x, &self.depthwise).unwrap_or_else(|x| self.depthwise.forward(x));
-        batch_norm(&self.bn, self.pointwise.forward(x))
+        self.forward_after(x, false)
+    }
+
+    /// The layer applied to `max(x, 0)`: the ReLU that precedes most separable convolutions in
+    /// Xception, which the depthwise step applies as it reads its input.
+    pub fn forward_after_relu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_after(x, true)
+    }
+
+    fn forward_after(&self, x: Tensor<B, 4>, relu_input: bool) -> Tensor<B, 4> {
+        let ours = ops::enabled() && is_depthwise_3x3(&self.depthwise) && pointwise_stride(&self.pointwise) == Some(1);
+        if !ours {
+            let x = if relu_input { relu(x) } else { x };
+            return batch_norm(&self.bn, self.pointwise.forward(self.depthwise.forward(x)));
+        }
+        let x = with_bias(ops::depthwise_conv3x3(x, self.depthwise.weight.val(), relu_input), &self.depthwise);
+        let x = with_bias(ops::pointwise_conv(x, self.pointwise.weight.val(), 1), &self.pointwise);
+        batch_norm(&self.bn, x)
     }
 
     /// The same function for inference with the batch normalisation folded into the pointwise
@@ -159,7 +180,7 @@ impl<B: Backend> SeparableConvBn<B> {
 /// backends run it as one matrix product instead of building an im2col buffer (half the time on
 /// `flex`). With autodiff Burn's strided convolution stays: with the strided slice's backward
 /// pass a training step at 96x96, batch 2 took 2.16-2.20 s instead of 2.00-2.01 s.
-fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+fn conv_forward<B: AdCorreBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [_, _, kh, kw] = conv.weight.dims();
     let unpadded = matches!(
         conv.padding,
@@ -179,11 +200,59 @@ fn conv_forward<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     )
 }
 
-fn batch_norm<B: Backend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    match bn {
-        Some(bn) => bn.forward(x),
+/// The stride of a 1x1 convolution without padding, dilation or groups (what
+/// [`ops::pointwise_conv`] computes); `None` for any other convolution.
+fn pointwise_stride<B: Backend>(conv: &Conv2d<B>) -> Option<usize> {
+    let unpadded = matches!(
+        conv.padding,
+        PaddingConfig2d::Same | PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
+    );
+    let [sh, sw] = conv.stride;
+    let fits = conv.kernel_size == [1, 1] && sh == sw && unpadded && conv.dilation == [1, 1] && conv.groups == 1;
+    fits.then_some(sh)
+}
+
+/// Whether `conv` is what [`ops::depthwise_conv3x3`] computes: one 3x3 filter per channel,
+/// stride 1, padding 1.
+fn is_depthwise_3x3<B: Backend>(conv: &Conv2d<B>) -> bool {
+    let [c_out, c_per_group, _, _] = conv.weight.dims();
+    conv.kernel_size == [3, 3]
+        && c_per_group == 1
+        && conv.groups == c_out
+        && conv.stride == [1, 1]
+        && conv.dilation == [1, 1]
+        && matches!(conv.padding, PaddingConfig2d::Same | PaddingConfig2d::Explicit(1, 1, 1, 1))
+}
+
+/// `x` plus the convolution's bias per channel, if it has one (a folded batch norm).
+fn with_bias<B: Backend>(x: Tensor<B, 4>, conv: &Conv2d<B>) -> Tensor<B, 4> {
+    match &conv.bias {
+        Some(bias) => {
+            let c = bias.dims()[0];
+            x + bias.val().reshape([1, c, 1, 1])
+        }
         None => x,
     }
+}
+
+/// Batch normalisation: in training (an autodiff backend) with the batch's statistics by
+/// [`ops::batch_norm_train`], moving the running averages as Burn's `BatchNorm` does;
+/// otherwise Burn's `BatchNorm` (running statistics).
+fn batch_norm<B: AdCorreBackend>(bn: &Option<BatchNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let Some(bn) = bn else {
+        return x;
+    };
+    if !(ops::enabled() && B::ad_enabled(&x.device())) {
+        return bn.forward(x);
+    }
+    let (output, mean, variance) = ops::batch_norm_train(x, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+    let momentum = bn.momentum;
+    let device = output.device();
+    let running_mean = bn.running_mean.value_sync().to_device(&device);
+    let running_var = bn.running_var.value_sync().to_device(&device);
+    bn.running_mean.update(running_mean.mul_scalar(1.0 - momentum).add(mean.detach().mul_scalar(momentum)).detach());
+    bn.running_var.update(running_var.mul_scalar(1.0 - momentum).add(variance.detach().mul_scalar(momentum)).detach());
+    output
 }
 
 /// Folds an inference-mode batch normalisation into the convolution before it:

@@ -12,7 +12,7 @@ use burn::tensor::activation::relu;
 
 use super::adcorre_net::global_average_pool;
 use super::layers::{ConvBn, ConvBnConfig, SeparableConvBn, SeparableConvBnConfig, KERAS_BN_MOMENTUM};
-use crate::backend::host_kernels::same_max_pool_3x3_stride2;
+use crate::backend::ops::{self, AdCorreBackend};
 use crate::error::AdCorreError;
 
 /// Smallest input side the network accepts (two valid 3x3 convs, the first with stride 2).
@@ -77,7 +77,7 @@ impl XceptionConfig {
 
     /// Builds the backbone on `device`. Call [`XceptionConfig::validate`] first for a typed
     /// error instead of a panic on a nonsensical configuration.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Xception<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> Xception<B> {
         let c = |n| self.channels(n);
         let m = self.bn_momentum;
         let block1_conv1 = ConvBnConfig::new([self.in_channels, c(STEM[0])], 3)
@@ -119,7 +119,7 @@ impl XceptionConfig {
 
 /// The Xception backbone without its classifier: `[batch, 3, h, w]` -> `[batch, 2048, h/32, w/32]`.
 #[derive(Module, Debug)]
-pub struct Xception<B: Backend> {
+pub struct Xception<B: AdCorreBackend> {
     /// 3x3 stride-2 valid conv + BN (Keras `block1_conv1`, `block1_conv1_bn`).
     pub block1_conv1: ConvBn<B>,
     /// 3x3 valid conv + BN (Keras `block1_conv2`, `block1_conv2_bn`).
@@ -140,31 +140,28 @@ pub struct Xception<B: Backend> {
     pub block14_sepconv2: SeparableConvBn<B>,
 }
 
-impl<B: Backend> Xception<B> {
+impl<B: AdCorreBackend> Xception<B> {
     /// Feature maps: `[batch, in_channels, h, w]` -> `[batch, out_features, h', w']`
     /// (224 -> 7).
     ///
-    /// On `flex` with folded batch norms the whole pass runs on host memory
-    /// (`backend::host_xception`); elsewhere it runs Burn's layers.
+    /// With folded batch norms, a backend with a pass for the whole backbone runs it
+    /// ([`AdCorreBackend::folded_xception`]; on `flex`, `backend::host_xception`); otherwise
+    /// the layers run one by one.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        #[cfg(feature = "flex")]
-        let x = match crate::backend::host_xception::forward(self, x) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
-        self.forward_with_taps(x, &mut |_, _| {})
+        match ops::folded_xception_maps(self, &x) {
+            Some(y) => y,
+            None => self.forward_with_taps(x, &mut |_, _| {}),
+        }
     }
 
     /// The feature maps' spatial means: `[batch, in_channels, h, w]` -> `[batch, out_features]`
-    /// (global average pooling). On `flex` with folded batch norms the host pass pools its
-    /// last map directly, without writing the feature maps out.
+    /// (global average pooling). The backbone pass of [`Xception::forward`] pools its last map
+    /// directly, without writing the feature maps out.
     pub fn forward_pooled(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        #[cfg(feature = "flex")]
-        let x = match crate::backend::host_xception::forward_pooled(self, x) {
-            Ok(y) => return y,
-            Err(x) => x,
-        };
-        global_average_pool(self.forward_with_taps(x, &mut |_, _| {}))
+        match ops::folded_xception_pooled(self, &x) {
+            Some(y) => y,
+            None => global_average_pool(self.forward_with_taps(x, &mut |_, _| {})),
+        }
     }
 
     /// Like [`Xception::forward`], and hands `tap` the activations of the Keras layers
@@ -187,8 +184,8 @@ impl<B: Backend> Xception<B> {
             x = block.forward(x);
         }
         let x = self.block13.forward_with_tap(x, "block13_pool", tap);
-        let x = relu(self.block14_sepconv1.forward(x));
-        let x = relu(self.block14_sepconv2.forward(x));
+        let x = self.block14_sepconv1.forward(x);
+        let x = relu(self.block14_sepconv2.forward_after_relu(x));
         tap("block14_sepconv2_act", &x);
         x
     }
@@ -230,7 +227,7 @@ pub struct EntryBlockConfig {
 /// A downsampling residual block (Keras blocks 2, 3, 4 and 13):
 /// `[relu] sepconv-bn, relu, sepconv-bn, maxpool 3x3/2 same` plus a 1x1 stride-2 conv-bn shortcut.
 #[derive(Module, Debug)]
-pub struct EntryBlock<B: Backend> {
+pub struct EntryBlock<B: AdCorreBackend> {
     /// 1x1 stride-2 projection of the shortcut (Keras `conv2d*` + `batch_normalization*`).
     pub shortcut: ConvBn<B>,
     /// First separable conv + BN.
@@ -245,7 +242,7 @@ pub struct EntryBlock<B: Backend> {
 
 impl EntryBlockConfig {
     /// Builds the block on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> EntryBlock<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> EntryBlock<B> {
         EntryBlock {
             shortcut: ConvBnConfig::new([self.in_channels, self.out_channels], 1)
                 .with_stride(2)
@@ -264,7 +261,7 @@ impl EntryBlockConfig {
     }
 }
 
-impl<B: Backend> EntryBlock<B> {
+impl<B: AdCorreBackend> EntryBlock<B> {
     /// `[batch, in, h, w]` -> `[batch, out, ceil(h/2), ceil(w/2)]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.forward_with_tap(x, "", &mut |_, _| {})
@@ -277,10 +274,9 @@ impl<B: Backend> EntryBlock<B> {
         tap: &mut dyn FnMut(&str, &Tensor<B, 4>),
     ) -> Tensor<B, 4> {
         let residual = self.shortcut.forward(x.clone());
-        let x = if self.relu_first { relu(x) } else { x };
-        let x = self.sepconv1.forward(x);
-        let x = self.sepconv2.forward(relu(x));
-        let x = same_max_pool_3x3_stride2(x).unwrap_or_else(|x| self.pool.forward(x));
+        let x = if self.relu_first { self.sepconv1.forward_after_relu(x) } else { self.sepconv1.forward(x) };
+        let x = self.sepconv2.forward_after_relu(x);
+        let x = if ops::enabled() { ops::max_pool3x3_stride2_same(x) } else { self.pool.forward(x) };
         tap(pool_name, &x);
         x + residual
     }
@@ -308,14 +304,14 @@ pub struct MiddleBlockConfig {
 
 /// A middle-flow block: three `relu, sepconv-bn` with an identity shortcut.
 #[derive(Module, Debug)]
-pub struct MiddleBlock<B: Backend> {
+pub struct MiddleBlock<B: AdCorreBackend> {
     /// The three separable convs (Keras `blockN_sepconv1..3`).
     pub sepconvs: Vec<SeparableConvBn<B>>,
 }
 
 impl MiddleBlockConfig {
     /// Builds the block on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> MiddleBlock<B> {
+    pub fn init<B: AdCorreBackend>(&self, device: &B::Device) -> MiddleBlock<B> {
         MiddleBlock {
             sepconvs: (0..3)
                 .map(|_| {
@@ -328,14 +324,14 @@ impl MiddleBlockConfig {
     }
 }
 
-impl<B: Backend> MiddleBlock<B> {
+impl<B: AdCorreBackend> MiddleBlock<B> {
     /// `[batch, c, h, w]` -> `[batch, c, h, w]`.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let residual = x.clone();
         let x = self
             .sepconvs
             .iter()
-            .fold(x, |x, sepconv| sepconv.forward(relu(x)));
+            .fold(x, |x, sepconv| sepconv.forward_after_relu(x));
         x + residual
     }
 
@@ -352,8 +348,8 @@ impl<B: Backend> MiddleBlock<B> {
 }
 
 /// Keras `MaxPooling2D(3, strides=2, padding='same')`: -inf padding, the odd extra row/column
-/// at the bottom/right. The blocks run it through [`same_max_pool_3x3_stride2`] first, Burn's
-/// operation being the path for backends without the host kernel.
+/// at the bottom/right. The blocks run [`ops::max_pool3x3_stride2_same`], the same pooling;
+/// this module is Burn's, for when adcorre's operations are switched off.
 pub fn same_max_pool() -> MaxPool2d {
     MaxPool2dConfig::new([3, 3])
         .with_strides([2, 2])

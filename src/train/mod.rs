@@ -2,6 +2,7 @@
 //! over a dataset with Adam and Keras-style learning-rate decay, evaluates after every epoch,
 //! writes checkpoints atomically and can resume.
 
+pub mod optimizer;
 mod replicas;
 pub mod state;
 
@@ -11,9 +12,9 @@ use std::sync::Arc;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::{AdCorreAutodiffBackend, AdCorreBackend};
 use crate::data::augment::Augmentation;
 use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
 use crate::data::{load_dataset, prepare, DatasetName, DatasetType, PackedImages};
@@ -259,7 +260,7 @@ impl TrainModel {
     }
 
     /// [`TrainModel::train`] on a chosen autodiff backend and device.
-    pub fn train_on<B: AutodiffBackend>(
+    pub fn train_on<B: AdCorreAutodiffBackend>(
         &self,
         arch: &str,
         weight_path: &Path,
@@ -271,7 +272,7 @@ impl TrainModel {
     /// [`TrainModel::train`] on a chosen autodiff backend, data-parallel over `devices` (the
     /// configured device indices are not used). The first device holds data loading,
     /// evaluation and checkpoints.
-    pub fn train_on_devices<B: AutodiffBackend>(
+    pub fn train_on_devices<B: AdCorreAutodiffBackend>(
         &self,
         arch: &str,
         weight_path: &Path,
@@ -334,7 +335,7 @@ pub fn device_by_index<B: Backend>(index: usize) -> B::Device {
 }
 
 /// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation).
-pub fn evaluate<B: Backend>(
+pub fn evaluate<B: AdCorreBackend>(
     model: &AdCorreNet<B>,
     data: &Arc<PackedImages>,
     input_size: usize,
@@ -366,7 +367,7 @@ pub(crate) fn append_log(path: &Path, line: &str) -> Result<()> {
 }
 
 /// Saves `model` (an autodiff model's inner network) as a checkpoint with its card.
-pub(crate) fn save_checkpoint<B: AutodiffBackend>(
+pub(crate) fn save_checkpoint<B: AdCorreAutodiffBackend>(
     model: &AdCorreNet<B>,
     card: &ModelCard,
     path: &Path,

@@ -22,7 +22,8 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
 
-use super::state::ModelOptimizer;
+use super::optimizer::ModelOptimizer;
+use crate::backend::AdCorreAutodiffBackend;
 use crate::error::{AdCorreError, Result};
 use crate::loss::{AdCorreLoss, LossValues};
 use crate::model::AdCorreNet;
@@ -36,13 +37,13 @@ pub(crate) struct StepOutput {
 }
 
 /// A replica's current model, optimizer and loss state (for evaluation and checkpoints).
-pub(crate) struct Snapshot<B: AutodiffBackend> {
+pub(crate) struct Snapshot<B: AdCorreAutodiffBackend> {
     pub model: AdCorreNet<B>,
     pub optimizer: ModelOptimizer<B>,
     pub loss: AdCorreLoss,
 }
 
-enum Command<B: AutodiffBackend> {
+enum Command<B: AdCorreAutodiffBackend> {
     Step {
         /// This replica's rows of the batch, `[shard, 3, h, w]`.
         images: Tensor<Inner<B>, 4>,
@@ -55,24 +56,24 @@ enum Command<B: AutodiffBackend> {
     Snapshot,
 }
 
-enum Reply<B: AutodiffBackend> {
+enum Reply<B: AdCorreAutodiffBackend> {
     Step(Result<StepOutput>),
     Snapshot(Box<Snapshot<B>>),
 }
 
-struct Replica<B: AutodiffBackend> {
+struct Replica<B: AdCorreAutodiffBackend> {
     commands: Sender<Command<B>>,
     replies: Receiver<Reply<B>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// The replicas of a data-parallel run, one per device.
-pub(crate) struct Replicas<B: AutodiffBackend> {
+pub(crate) struct Replicas<B: AdCorreAutodiffBackend> {
     replicas: Vec<Replica<B>>,
     devices: Vec<B::Device>,
 }
 
-impl<B: AutodiffBackend> Replicas<B> {
+impl<B: AdCorreAutodiffBackend> Replicas<B> {
     /// Starts one replica of `model` (with a copy of `optimizer` and `loss`) per device.
     pub fn start(
         model: AdCorreNet<B>,
@@ -151,7 +152,7 @@ impl<B: AutodiffBackend> Replicas<B> {
     }
 }
 
-impl<B: AutodiffBackend> Drop for Replicas<B> {
+impl<B: AdCorreAutodiffBackend> Drop for Replicas<B> {
     fn drop(&mut self) {
         for replica in &mut self.replicas {
             let (closed, _) = channel();
@@ -170,7 +171,7 @@ fn stopped(index: usize) -> AdCorreError {
 }
 
 /// The state one replica thread owns.
-struct Worker<B: AutodiffBackend> {
+struct Worker<B: AdCorreAutodiffBackend> {
     peer: PeerId,
     device: B::Device,
     model: AdCorreNet<B>,
@@ -178,7 +179,7 @@ struct Worker<B: AutodiffBackend> {
     loss: AdCorreLoss,
 }
 
-impl<B: AutodiffBackend> Worker<B> {
+impl<B: AdCorreAutodiffBackend> Worker<B> {
     fn run(self, config: CollectiveConfig, inbox: Receiver<Command<B>>, outbox: Sender<Reply<B>>) {
         let Worker { peer, device, mut model, mut optimizer, mut loss } = self;
         let registered = collective::register::<Inner<B>>(peer, device.clone(), config)
@@ -216,7 +217,7 @@ impl<B: AutodiffBackend> Worker<B> {
 
 /// One replica's part of a step: the loss of the whole batch (gathered from all replicas) and
 /// the parameter gradients summed over replicas.
-fn replica_gradients<B: AutodiffBackend>(
+fn replica_gradients<B: AdCorreAutodiffBackend>(
     peer: PeerId,
     model: &AdCorreNet<B>,
     loss: &mut AdCorreLoss,
@@ -275,7 +276,7 @@ fn gather<B: Backend, const D: usize>(
 
 #[cfg(test)]
 mod tests {
-    use burn::optim::AdamConfig;
+    use crate::train::optimizer::model_optimizer;
     use burn::tensor::Distribution;
 
     use super::*;
@@ -314,7 +315,7 @@ mod tests {
         // Adam divides each gradient by its own magnitude, which turns rounding-level
         // differences of near-zero gradients into full-size steps; a large epsilon keeps those
         // steps small so that the comparison measures the data-parallel machinery.
-        let optimizer: ModelOptimizer<CpuAutodiff> = AdamConfig::new().with_epsilon(1e-2).init();
+        let optimizer: ModelOptimizer<CpuAutodiff> = model_optimizer(1e-2);
         let loss = AdCorreLossConfig::default().init(7).unwrap();
         let half = Tensor::<CpuAutodiff, 4>::random([4, 3, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
         let images = Tensor::cat(vec![half.clone(), half], 0);

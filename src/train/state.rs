@@ -6,15 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamConfig, GradientsParams, Optimizer};
+use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
+use super::optimizer::{model_optimizer, ModelOptimizer};
 use super::replicas::{Replicas, StepOutput};
 use super::{append_log, evaluate, save_checkpoint, TrainConfig, TrainReport};
 use crate::atomic_file::write_atomically;
+use crate::backend::AdCorreAutodiffBackend;
 use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
 use crate::data::PackedImages;
 use crate::error::{AdCorreError, Result};
@@ -57,7 +58,6 @@ impl ResumeState {
     }
 }
 
-pub(crate) type ModelOptimizer<B> = burn::optim::adaptor::OptimizerAdaptor<burn::optim::Adam, AdCorreNet<B>, B>;
 type StateRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 
 /// One training run: where it writes and how it trains.
@@ -71,7 +71,7 @@ pub(crate) struct TrainingRun {
 impl TrainingRun {
     /// Trains on `devices` (data-parallel when there are several; the first holds the data
     /// loader, evaluation and checkpoints).
-    pub fn train<B: AutodiffBackend>(
+    pub fn train<B: AdCorreAutodiffBackend>(
         &self,
         train: Arc<PackedImages>,
         eval: Arc<PackedImages>,
@@ -83,7 +83,7 @@ impl TrainingRun {
             .first()
             .ok_or_else(|| AdCorreError::Config("training needs at least one device".into()))?;
         B::seed(device, config.seed);
-        let mut optimizer: ModelOptimizer<B> = AdamConfig::new().with_epsilon(1e-7).init();
+        let mut optimizer: ModelOptimizer<B> = model_optimizer(1e-7);
         let (model, mut state, card) = match ResumeState::find(&self.out_dir)? {
             Some(state) => {
                 let folder = self.out_dir.join(&state.folder);
@@ -256,7 +256,7 @@ impl TrainingRun {
 
     /// Writes model and optimizer into a new `resume-<epoch>` folder, then `state.json`
     /// pointing at it, then removes the previous folder.
-    fn save_state<B: AutodiffBackend>(
+    fn save_state<B: AdCorreAutodiffBackend>(
         &self,
         model: &AdCorreNet<B>,
         optimizer: &ModelOptimizer<B>,
@@ -280,12 +280,12 @@ impl TrainingRun {
 }
 
 /// Who takes the training steps: the model on one device, or its replicas on several.
-pub(crate) enum Engine<B: AutodiffBackend> {
+pub(crate) enum Engine<B: AdCorreAutodiffBackend> {
     Local(AdCorreNet<B>, ModelOptimizer<B>),
     Replicated(Replicas<B>),
 }
 
-impl<B: AutodiffBackend> Engine<B> {
+impl<B: AdCorreAutodiffBackend> Engine<B> {
     /// One step on a batch; `Ok(None)` when the batch was skipped (fewer images than devices).
     pub(crate) fn step(
         self,
