@@ -47,10 +47,12 @@ fn bench_backend<B: AdCorreBackend>(c: &mut Criterion, backend: &str, variants: 
                 ops::set_enabled(adcorre_ops);
                 b.iter(|| {
                     let net = model.take().unwrap();
-                    let out = net.forward(images.clone());
-                    let terms = loss.forward(out.logits, out.embeddings, &labels).unwrap();
-                    let grads = GradientsParams::from_grads(terms.total.backward(), &net);
-                    model = Some(optimizer.step(1e-4, net, grads));
+                    model = Some(Autodiff::<B>::run_step(|| {
+                        let out = net.forward(images.clone());
+                        let terms = loss.forward(out.logits, out.embeddings, &labels).unwrap();
+                        let grads = GradientsParams::from_grads(terms.total.backward(), &net);
+                        optimizer.step(1e-4, net, grads)
+                    }));
                 })
             });
         }

@@ -100,6 +100,21 @@ fn pointwise_matches_burn<B: AdCorreBackend>() {
     }
 }
 
+fn conv3x3_matches_burn<B: AdCorreBackend>() {
+    let device = Default::default();
+    // The stem's strides at odd and even sizes, batch 1, the smallest input (3x3).
+    for (n, ci, co, h, w, stride) in [(2, 3, 4, 11, 9, 2), (1, 4, 5, 8, 8, 1), (3, 2, 3, 3, 3, 1), (2, 5, 2, 10, 7, 2), (1, 3, 6, 17, 20, 1)] {
+        let x = signed::<B, 4>([n, ci, h, w], 9 + h as u64, &device);
+        let weight = signed::<B, 4>([co, ci, 3, 3], 10, &device);
+        compare(
+            &format!("conv3x3 {n}x{ci}x{h}x{w} -> {co} stride {stride}"),
+            [x, weight],
+            |[x, weight]| ops::conv3x3(x, weight, stride),
+            |[x, weight]| conv2d(x, weight, None, ConvOptions::new([stride; 2], [0, 0], [1, 1], 1)),
+        );
+    }
+}
+
 fn batch_norm_matches_burn<B: AdCorreBackend>() {
     let device = Default::default();
     for (n, c, h, w) in [(1, 3, 5, 7), (4, 2, 1, 1), (2, 6, 11, 9), (3, 16, 6, 6)] {
@@ -162,6 +177,7 @@ macro_rules! on_backends {
 
 on_backends!(depthwise_conv3x3, depthwise_matches_burn);
 on_backends!(pointwise_conv, pointwise_matches_burn);
+on_backends!(conv3x3, conv3x3_matches_burn);
 on_backends!(batch_norm_train, batch_norm_matches_burn);
 on_backends!(max_pool3x3_stride2_same, max_pool_matches_burn);
 on_backends!(adam, adam_matches_burn);

@@ -49,6 +49,24 @@ impl<B: AdCorreBackend> Backward<B, 2> for PointwiseConvBackward {
     }
 }
 
+/// Backward step of [`AdCorreBackend::conv3x3`]: parents input and weight.
+#[derive(Debug)]
+struct Conv3x3Backward;
+
+impl<B: AdCorreBackend> Backward<B, 2> for Conv3x3Backward {
+    /// Input, weight, stride.
+    type State = (FloatTensor<B>, FloatTensor<B>, usize);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [input_node, weight_node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, stride) = ops.state;
+        let ConvGrads { input, weight } = B::conv3x3_backward(x, weight, grad, stride, input_node.is_some());
+        register!(grads, input_node, input);
+        register!(grads, weight_node, Some(weight));
+    }
+}
+
 /// Backward step of [`AdCorreBackend::batch_norm_train`]: parents input, gamma and beta.
 #[derive(Debug)]
 struct BatchNormBackward;
@@ -97,6 +115,10 @@ macro_rules! register {
 use register;
 
 impl<B: AdCorreBackend, C: CheckpointStrategy> AdCorreBackend for Autodiff<B, C> {
+    fn run_step<R: Send>(task: impl FnOnce() -> R + Send) -> R {
+        B::run_step(task)
+    }
+
     fn depthwise_conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, relu_input: bool) -> FloatTensor<Self> {
         match DepthwiseConvBackward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -114,6 +136,16 @@ impl<B: AdCorreBackend, C: CheckpointStrategy> AdCorreBackend for Autodiff<B, C>
                 prep.finish((x.primitive, weight.primitive, stride), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::pointwise_conv(x.primitive, weight.primitive, stride)),
+        }
+    }
+
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
+        match Conv3x3Backward.prepare::<C>([x.node.clone(), weight.node.clone()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::conv3x3(x.primitive.clone(), weight.primitive.clone(), stride);
+                prep.finish((x.primitive, weight.primitive, stride), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::conv3x3(x.primitive, weight.primitive, stride)),
         }
     }
 

@@ -9,8 +9,8 @@ use burn::tensor::{DType, TensorData, TensorMetadata};
 use super::generic;
 use super::host_kernels::{depthwise_conv_3x3_same, max_pool_3x3_stride2_same};
 use super::host_training::{
-    adam_update, batch_norm_backward, batch_norm_forward, depthwise_backward, max_pool_backward, pointwise_backward, pointwise_forward,
-    PointwiseShape,
+    adam_update, batch_norm_backward, batch_norm_forward, conv3x3_backward, conv3x3_forward, depthwise_backward, max_pool_backward,
+    pointwise_backward, pointwise_forward, Conv3x3Shape, PointwiseShape,
 };
 use super::ops::{AdCorreBackend, AdamStep, AdamUpdate, BatchNormGrads, BatchNormTrain, ConvGrads};
 use super::Flex;
@@ -97,6 +97,36 @@ impl AdCorreBackend for Flex {
         }
     }
 
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
+        match (values(x.clone()), values(weight.clone())) {
+            (Some((xv, dims)), Some((wv, w_dims))) if dims.len() == 4 && stride > 0 && dims[2] >= 3 && dims[3] >= 3 => {
+                let [n, ci, h, w] = dims4(&dims).expect("rank 4");
+                let shape = Conv3x3Shape { n, ci, co: w_dims[0], h, w, stride };
+                let (ho, wo) = shape.out_hw();
+                flex(conv3x3_forward(slice(&xv), shape, slice(&wv)), &[n, w_dims[0], ho, wo])
+            }
+            _ => generic::conv3x3::<Self>(x, weight, stride),
+        }
+    }
+
+    fn conv3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        input_grad: bool,
+    ) -> ConvGrads<Self> {
+        match (values(x.clone()), values(weight.clone()), values(output_grad.clone())) {
+            (Some((xv, dims)), Some((wv, w_dims)), Some((gv, _))) if dims.len() == 4 && stride > 0 && dims[2] >= 3 && dims[3] >= 3 => {
+                let [n, ci, h, w] = dims4(&dims).expect("rank 4");
+                let shape = Conv3x3Shape { n, ci, co: w_dims[0], h, w, stride };
+                let (x_grad, weight_grad) = conv3x3_backward(slice(&xv), shape, slice(&wv), slice(&gv), input_grad);
+                ConvGrads { input: x_grad.map(|g| flex(g, &dims)), weight: flex(weight_grad, &w_dims) }
+            }
+            _ => generic::conv3x3_backward::<Self>(x, weight, output_grad, stride, input_grad),
+        }
+    }
+
     fn batch_norm_train(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> BatchNormTrain<Self> {
         match (values(x.clone()), values(gamma.clone()), values(beta.clone())) {
             (Some((xv, dims)), Some((gv, c_dims)), Some((bv, _))) if dims.len() == 4 => {
@@ -175,6 +205,11 @@ impl AdCorreBackend for Flex {
             step,
         );
         AdamUpdate { param, moment_1, moment_2 }
+    }
+
+    fn run_step<R: Send>(task: impl FnOnce() -> R + Send) -> R {
+        // From outside the pool, `join` runs on a worker (the caller waits once).
+        rayon::join(task, || ()).0
     }
 
     fn folded_xception(net: &Xception<Self>, x: &FloatTensor<Self>, pooled: bool) -> Option<FloatTensor<Self>> {

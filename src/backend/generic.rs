@@ -101,6 +101,24 @@ pub fn pointwise_conv_backward<B: Backend>(
     ConvGrads { input: x_grad, weight: primitive(weight_grad) }
 }
 
+/// Burn's convolution.
+pub fn conv3x3<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
+    B::conv2d(x, weight, None, ConvOptions::new([stride; 2], [0, 0], [1, 1], 1))
+}
+
+/// Burn's convolution gradients (an implicit matrix product on the GPU backends).
+pub fn conv3x3_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    stride: usize,
+    input_grad: bool,
+) -> ConvGrads<B> {
+    let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
+    let x_grad = input_grad.then(|| B::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), options.clone()));
+    ConvGrads { input: x_grad, weight: B::conv2d_weight_backward(x, weight, output_grad, options) }
+}
+
 /// Per-channel mean, then the mean of squared deviations (Burn's `BatchNorm` order), and the
 /// normalisation as one scale and one shift per channel.
 pub fn batch_norm_train<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>, epsilon: f64) -> BatchNormTrain<B> {

@@ -62,6 +62,10 @@ pub(crate) fn matmul(dst: &mut [f32], dst_row_stride: usize, [m, k, n]: [usize; 
     let large = m * k * n >= 192 * 192 * 192;
     let parts = if large { threads } else { 1 };
     let by_rows = m >= 128 * parts;
+    if !by_rows && n < 512 * parts && parts > 1 && k >= 1024 * parts {
+        matmul_split_inner(dst, dst_row_stride, [m, k, n], lhs, rhs, read_dst, parts);
+        return;
+    }
     if !by_rows && n < 512 * parts {
         // SAFETY: one call over exactly the asserted extents of the three slices.
         unsafe { gemm_into(dst.as_mut_ptr(), dst_row_stride, lhs, rhs, [m, k, n], read_dst, gemm::Parallelism::Rayon(0)) };
@@ -90,6 +94,32 @@ pub(crate) fn matmul(dst: &mut [f32], dst_row_stride: usize, [m, k, n]: [usize; 
             )
         };
     });
+}
+
+/// [`matmul`] of a small result over a long inner dimension (a weight gradient summed over
+/// many pixels): each thread multiplies one range of the inner dimension into its own partial
+/// result, then the partials are added into `dst`.
+fn matmul_split_inner(dst: &mut [f32], dst_row_stride: usize, [m, k, n]: [usize; 3], lhs: MatRef, rhs: MatRef, read_dst: bool, parts: usize) {
+    let step = k.div_ceil(parts);
+    let partials: Vec<Vec<f32>> = (0..k.div_ceil(step))
+        .into_par_iter()
+        .map(|part| {
+            let range = part * step..((part + 1) * step).min(k);
+            let lhs = MatRef { data: &lhs.data[range.start * lhs.col_stride..], ..lhs };
+            let rhs = MatRef { data: &rhs.data[range.start * rhs.row_stride..], ..rhs };
+            let mut partial = vec![0.0f32; m * n];
+            // SAFETY: `partial` is this thread's own m x n buffer; the operands hold their
+            // extents (asserted by the caller) from the range's start.
+            unsafe { gemm_into(partial.as_mut_ptr(), n, lhs, rhs, [m, range.len(), n], false, gemm::Parallelism::None) };
+            partial
+        })
+        .collect();
+    for (i, row) in dst.chunks_mut(dst_row_stride).take(m).enumerate() {
+        for (j, out) in row[..n].iter_mut().enumerate() {
+            let sum: f32 = partials.iter().map(|partial| partial[i * n + j]).sum();
+            *out = if read_dst { *out + sum } else { sum };
+        }
+    }
 }
 
 /// `dst (+)= lhs x rhs` for `[m, k, n]` operands (added to `dst` if `read_dst`).
@@ -164,6 +194,8 @@ mod tests {
             (3, [500, 100, 1000], true, [true, true]),
             (3, [500, 100, 1000], false, [false, false]),
             (2, [7, 0, 5], false, [false, false]),
+            (2, [40, 3000, 30], true, [false, true]),
+            (3, [20, 5000, 17], false, [true, true]),
         ] {
             let dst_stride = n + 5;
             let operand = |rows: usize, cols: usize, transposed: bool, seed: usize| {

@@ -240,6 +240,85 @@ pub(crate) fn pointwise_backward(x: &[f32], shape: PointwiseShape, weight: &[f32
     (x_grad, weight_grad)
 }
 
+/// Shape of a dense 3x3 convolution without padding: input `[n, ci, h, w]`, `co` outputs,
+/// `stride`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Conv3x3Shape {
+    pub n: usize,
+    pub ci: usize,
+    pub co: usize,
+    pub h: usize,
+    pub w: usize,
+    pub stride: usize,
+}
+
+impl Conv3x3Shape {
+    /// Output height and width.
+    pub fn out_hw(&self) -> (usize, usize) {
+        ((self.h - 3) / self.stride + 1, (self.w - 3) / self.stride + 1)
+    }
+}
+
+/// The `[ci * 9, ho * wo]` im2col matrix of one image (rows in the weight's `(ci, ky, kx)`
+/// order) into `cols`.
+fn im2col(image: &[f32], shape: Conv3x3Shape, cols: &mut [f32]) {
+    let Conv3x3Shape { h, w, stride, .. } = shape;
+    let (ho, wo) = shape.out_hw();
+    cols.par_chunks_mut(ho * wo).enumerate().for_each(|(row, col)| {
+        let (channel, ky, kx) = (row / 9, row / 3 % 3, row % 3);
+        let plane = &image[channel * h * w..][..h * w];
+        for (y, out) in col.chunks_mut(wo).enumerate() {
+            let source = &plane[(y * stride + ky) * w + kx..][..(wo - 1) * stride + 1];
+            out.iter_mut().zip(source.iter().step_by(stride)).for_each(|(o, &v)| *o = v);
+        }
+    });
+}
+
+/// The dense 3x3 convolution without padding, image by image as `y_n = W im2col(x_n)`:
+/// `weight [co, ci * 9]`.
+pub(crate) fn conv3x3_forward(x: &[f32], shape: Conv3x3Shape, weight: &[f32]) -> Vec<f32> {
+    let Conv3x3Shape { n, ci, co, h, w, .. } = shape;
+    let (ho, wo) = shape.out_hw();
+    let (depth, pixels) = (ci * 9, ho * wo);
+    let mut y = vec![0.0f32; n * co * pixels];
+    let mut cols = vec![0.0f32; depth * pixels];
+    for (image, out) in y.chunks_mut(co * pixels).enumerate() {
+        im2col(&x[image * ci * h * w..][..ci * h * w], shape, &mut cols);
+        matmul(out, pixels, [co, depth, pixels], MatRef::rows(weight, depth), MatRef::rows(&cols, pixels), false);
+    }
+    y
+}
+
+/// Gradients of [`conv3x3_forward`]: of the input (if `input_grad`: `W^T dY_n` folded back
+/// onto the pixels each column came from) and of the weight (`sum_n dY_n im2col(x_n)^T`).
+pub(crate) fn conv3x3_backward(x: &[f32], shape: Conv3x3Shape, weight: &[f32], grad: &[f32], input_grad: bool) -> (Option<Vec<f32>>, Vec<f32>) {
+    let Conv3x3Shape { n, ci, co, h, w, stride } = shape;
+    let (ho, wo) = shape.out_hw();
+    let (depth, pixels) = (ci * 9, ho * wo);
+    let mut weight_grad = vec![0.0f32; co * depth];
+    let mut cols = vec![0.0f32; depth * pixels];
+    let mut x_grad = if input_grad { vec![0.0f32; n * ci * h * w] } else { Vec::new() };
+    for image in 0..n {
+        let g = MatRef::rows(&grad[image * co * pixels..][..co * pixels], pixels);
+        im2col(&x[image * ci * h * w..][..ci * h * w], shape, &mut cols);
+        matmul(&mut weight_grad, depth, [co, pixels, depth], g, MatRef::transposed(&cols, pixels), image > 0);
+        if input_grad {
+            matmul(&mut cols, pixels, [depth, co, pixels], MatRef::transposed(weight, depth), g, false);
+            let planes = &mut x_grad[image * ci * h * w..][..ci * h * w];
+            planes.par_chunks_mut(h * w).zip(cols.par_chunks(9 * pixels)).for_each(|(plane, rows)| {
+                for (tap, col) in rows.chunks(pixels).enumerate() {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    for (y, values) in col.chunks(wo).enumerate() {
+                        let target = &mut plane[(y * stride + ky) * w + kx..][..(wo - 1) * stride + 1];
+                        target.iter_mut().step_by(stride).zip(values).for_each(|(t, &v)| *t += v);
+                    }
+                }
+            });
+        }
+    }
+    (input_grad.then_some(x_grad), weight_grad)
+}
+
 /// Per-channel sums of `f(value, channel)` over the `n` planes of `[n, c, plane]` data, in f64.
 fn channel_sums(x: &[f32], [n, c, plane]: [usize; 3], f: impl Fn(usize, &[f32], usize) -> f64 + Sync) -> Vec<f64> {
     (0..c)
@@ -341,7 +420,7 @@ pub(crate) fn batch_norm_backward(
 }
 
 /// Gradient of 3x3 / stride 2 "same" max pooling: each output's gradient added at the first
-/// maximum (row-major) of its window.
+/// maximum (row-major) of its window, Burn's choice among equal values.
 pub(crate) fn max_pool_backward(x: &[f32], [n, c, h, w]: [usize; 4], grad: &[f32]) -> Vec<f32> {
     let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
     let (top, _) = same_pool_padding(h);
@@ -350,19 +429,24 @@ pub(crate) fn max_pool_backward(x: &[f32], [n, c, h, w]: [usize; 4], grad: &[f32
     x_grad.par_chunks_mut(h * w).enumerate().for_each(|(index, out)| {
         let plane = &x[index * h * w..][..h * w];
         let g_plane = &grad[index * ho * wo..][..ho * wo];
-        for oy in 0..ho {
-            let rows = (2 * oy).saturating_sub(top)..(2 * oy + 3 - top).min(h);
-            for ox in 0..wo {
-                let cols = (2 * ox).saturating_sub(left)..(2 * ox + 3 - left).min(w);
-                let mut best = rows.start * w + cols.start;
-                for r in rows.clone() {
-                    for col in cols.clone() {
-                        if plane[r * w + col] > plane[best] {
-                            best = r * w + col;
+        for (oy, g_row) in g_plane.chunks(wo).enumerate() {
+            let r0 = (2 * oy).saturating_sub(top);
+            let r1 = (2 * oy + 3 - top).min(h);
+            for (ox, &g) in g_row.iter().enumerate() {
+                let c0 = (2 * ox).saturating_sub(left);
+                let c1 = (2 * ox + 3 - left).min(w);
+                let mut best = r0 * w + c0;
+                let mut best_value = plane[best];
+                for r in r0..r1 {
+                    let row = &plane[r * w + c0..r * w + c1];
+                    for (i, &v) in row.iter().enumerate() {
+                        if v > best_value {
+                            best_value = v;
+                            best = r * w + c0 + i;
                         }
                     }
                 }
-                out[best] += g_plane[oy * wo + ox];
+                out[best] += g;
             }
         }
     });

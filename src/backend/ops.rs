@@ -10,7 +10,7 @@
 //! (`backend::autodiff`), so training gets the same kernels as inference.
 //!
 //! The model calls the tensor-level functions of this module ([`depthwise_conv3x3`],
-//! [`pointwise_conv`], [`batch_norm_train`], [`max_pool3x3_stride2_same`]) and, for inference
+//! [`pointwise_conv`], [`conv3x3`], [`batch_norm_train`], [`max_pool3x3_stride2_same`]) and, for inference
 //! with folded batch norms, [`AdCorreBackend::folded_xception`]; the optimizer calls
 //! [`AdCorreBackend::adam_step`]. [`set_enabled`]`(false)` makes the model run Burn's own
 //! layers instead (the reference the tests and benchmarks compare with).
@@ -136,6 +136,24 @@ pub trait AdCorreBackend: Backend {
         generic::pointwise_conv_backward::<Self>(x, weight, output_grad, stride, input_grad)
     }
 
+    /// Dense 3x3 convolution without padding or bias (Xception's two stem convolutions):
+    /// `x [n, ci, h, w]`, `weight [co, ci, 3, 3]` -> `[n, co, (h - 3) / stride + 1, (w - 3) /
+    /// stride + 1]`.
+    fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
+        generic::conv3x3::<Self>(x, weight, stride)
+    }
+
+    /// Gradients of [`AdCorreBackend::conv3x3`] (the input's only if `input_grad`).
+    fn conv3x3_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        input_grad: bool,
+    ) -> ConvGrads<Self> {
+        generic::conv3x3_backward::<Self>(x, weight, output_grad, stride, input_grad)
+    }
+
     /// Batch normalisation with the batch's statistics: `(x - mean) / sqrt(var + epsilon) *
     /// gamma + beta` per channel over `n, h, w`; `gamma`, `beta` `[c]`.
     fn batch_norm_train(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, epsilon: f64) -> BatchNormTrain<Self> {
@@ -179,6 +197,14 @@ pub trait AdCorreBackend: Backend {
         generic::adam_step::<Self>(param, grad, moments, step)
     }
 
+    /// Runs `task` (a training or inference step) where this backend's kernels run best. On
+    /// `flex`, on a thread of the rayon pool its kernels use: each parallel kernel then starts
+    /// on the calling worker instead of handing the work to the pool and putting the caller to
+    /// sleep, about 1,200 times per training step. Elsewhere, here.
+    fn run_step<R: Send>(task: impl FnOnce() -> R + Send) -> R {
+        task()
+    }
+
     /// The whole backbone for inference, when every batch norm is folded and the backend has
     /// a pass for it: `[n, c, h, w]` -> the feature maps, or their spatial means when `pooled`
     /// (`[n, features]`, as a rank-4 tensor `[n, features, 1, 1]`). `None` (the default) runs
@@ -215,6 +241,11 @@ pub fn depthwise_conv3x3<B: AdCorreBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4
 /// [`AdCorreBackend::pointwise_conv`] on tensors.
 pub fn pointwise_conv<B: AdCorreBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
     tensor(B::pointwise_conv(primitive(x), primitive(weight), stride))
+}
+
+/// [`AdCorreBackend::conv3x3`] on tensors.
+pub fn conv3x3<B: AdCorreBackend>(x: Tensor<B, 4>, weight: Tensor<B, 4>, stride: usize) -> Tensor<B, 4> {
+    tensor(B::conv3x3(primitive(x), primitive(weight), stride))
 }
 
 /// [`AdCorreBackend::batch_norm_train`] on tensors: `(output, mean, variance)`.

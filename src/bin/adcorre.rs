@@ -28,9 +28,13 @@ struct BenchArgs {
     /// untrained weights, which runs at the same speed.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Images per forward pass (or training step).
-    #[arg(long, default_value_t = 1)]
-    batch: usize,
+    /// A training config (JSON, as for `train`): bench its network at its input size and
+    /// batch size (unless --size / --batch say otherwise) instead of the published network.
+    #[arg(long, conflicts_with = "model")]
+    config: Option<PathBuf>,
+    /// Images per forward pass (or training step); default 1, or the config's batch size.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Input side in pixels (default: the model's input size).
     #[arg(long)]
     size: Option<usize>,
@@ -399,36 +403,44 @@ fn bench_on<B: adcorre::backend::AdCorreBackend>(args: &BenchArgs) -> Result<()>
 
     let device = B::Device::default();
     adcorre::backend::ops::set_enabled(!args.burn_ops);
-    let (net, card) = match &args.model {
-        Some(path) => adcorre::infer::load_network::<Autodiff<B>>(path, &device)?,
-        None => {
+    let train_config = args.config.as_deref().map(adcorre::train::TrainConfig::from_file).transpose()?;
+    let (net, card) = match (&args.model, &train_config) {
+        (Some(path), _) => adcorre::infer::load_network::<Autodiff<B>>(path, &device)?,
+        (None, Some(config)) => {
+            let card = ModelCard::new(config.network.clone()).with_input_size(config.input_size);
+            (config.network.try_init(&device)?, card)
+        }
+        (None, None) => {
             let config = AdCorreNetConfig::new().with_num_heads(args.heads);
             (config.try_init(&device)?, ModelCard::new(config))
         }
     };
     let size = args.size.unwrap_or(card.input_size);
-    let batch = args.batch.max(1);
+    let batch = args.batch.or(train_config.as_ref().map(|config| config.batch_size)).unwrap_or(1).max(1);
     let backend = std::any::type_name::<B>().rsplit("::").next().unwrap_or("backend").to_string();
     let median = if args.train {
         let labels: Vec<usize> = (0..batch).map(|i| i % card.network.num_classes).collect();
-        let images = Tensor::<Autodiff<B>, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        let channels = card.network.backbone.in_channels;
+        let images = Tensor::<Autodiff<B>, 4>::random([batch, channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
         let mut loss = adcorre::loss::AdCorreLossConfig::default().init(card.network.num_classes)?;
         let mut optimizer = adcorre::train::optimizer::model_optimizer(1e-7);
         let mut model = Some(net);
         median_seconds(args.iters, || {
             let net = model.take().expect("model returned by the last step");
-            let out = net.forward(images.clone());
-            let terms = loss.forward(out.logits, out.embeddings, &labels)?;
-            let grads = GradientsParams::from_grads(terms.total.backward(), &net);
-            model = Some(optimizer.step(1e-4, net, grads));
+            model = Some(<Autodiff<B> as adcorre::backend::AdCorreBackend>::run_step(|| -> Result<_> {
+                let out = net.forward(images.clone());
+                let terms = loss.forward(out.logits, out.embeddings, &labels)?;
+                let grads = GradientsParams::from_grads(terms.total.backward(), &net);
+                Ok(optimizer.step(1e-4, net, grads))
+            })?);
             B::sync(&device).map_err(|err| AdCorreError::Config(format!("device error: {err:?}")))
         })?
     } else {
         use burn::module::AutodiffModule;
         let net = net.valid();
         let net = if args.no_fold { net } else { net.fold_batch_norm() };
-        let images = Tensor::<B, 4>::random([batch, 3, size, size], Distribution::Uniform(0.0, 1.0), &device);
+        let images = Tensor::<B, 4>::random([batch, card.network.backbone.in_channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
         median_seconds(args.iters, || {
             let _ = net.forward(images.clone()).logits.into_data();

@@ -70,10 +70,12 @@ impl ConvBnConfig {
 
 impl<B: AdCorreBackend> ConvBn<B> {
     /// `[batch, in, h, w]` -> `[batch, out, h', w']`. A 1x1 convolution runs as
-    /// [`ops::pointwise_conv`], others as Burn's convolution.
+    /// [`ops::pointwise_conv`], a 3x3 one without padding as [`ops::conv3x3`], others as Burn's
+    /// convolution.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = match pointwise_stride(&self.conv) {
-            Some(stride) if ops::enabled() => with_bias(ops::pointwise_conv(x, self.conv.weight.val(), stride), &self.conv),
+        let x = match (pointwise_stride(&self.conv), dense_3x3_stride(&self.conv)) {
+            (Some(stride), _) if ops::enabled() => with_bias(ops::pointwise_conv(x, self.conv.weight.val(), stride), &self.conv),
+            (_, Some(stride)) if ops::enabled() => with_bias(ops::conv3x3(x, self.conv.weight.val(), stride), &self.conv),
             _ => conv_forward(&self.conv, x),
         };
         batch_norm(&self.bn, x)
@@ -209,6 +211,15 @@ fn pointwise_stride<B: Backend>(conv: &Conv2d<B>) -> Option<usize> {
     );
     let [sh, sw] = conv.stride;
     let fits = conv.kernel_size == [1, 1] && sh == sw && unpadded && conv.dilation == [1, 1] && conv.groups == 1;
+    fits.then_some(sh)
+}
+
+/// The stride of a dense 3x3 convolution without padding or dilation (what [`ops::conv3x3`]
+/// computes); `None` for any other convolution.
+fn dense_3x3_stride<B: Backend>(conv: &Conv2d<B>) -> Option<usize> {
+    let unpadded = matches!(conv.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0));
+    let [sh, sw] = conv.stride;
+    let fits = conv.kernel_size == [3, 3] && sh == sw && unpadded && conv.dilation == [1, 1] && conv.groups == 1;
     fits.then_some(sh)
 }
 

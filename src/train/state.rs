@@ -167,7 +167,8 @@ impl TrainingRun {
                     break;
                 }
                 let learning_rate = config.learning_rate_at(state.step);
-                let (next, output) = engine.step(batch.images, &batch.labels, learning_rate, &mut state.loss);
+                let loss = &mut state.loss;
+                let (next, output) = B::run_step(|| engine.step(batch.images, &batch.labels, learning_rate, loss));
                 engine = next;
                 let output = output.map_err(|err| match err {
                     AdCorreError::NonFinite(what) => AdCorreError::NonFinite(format!(
