@@ -7,40 +7,13 @@ use std::path::Path;
 
 use adcorre::atomic_file::write_atomically;
 use adcorre::backend::Cpu;
-use adcorre::data::{load_dataset, prepare, DatasetName, DatasetType, PackedImages};
+use adcorre::data::{DatasetName, DatasetType};
 use adcorre::loss::AdCorreLossConfig;
 use adcorre::metrics::ConfusionMatrix;
-use adcorre::model::{load_model, AdCorreNetConfig, XceptionConfig};
+use adcorre::model::load_model;
 use adcorre::train::{TrainConfig, TrainModel};
 use adcorre::AdCorreError;
-use common::{max_abs_diff, values};
-
-/// `per_class` FER-2013 images of each class, 48x48 gray.
-fn fer_subset(kind: DatasetType, per_class: usize) -> PackedImages {
-    let mut data = load_dataset(DatasetName::Fer2013, kind, Path::new("../shared/data/fer2013")).unwrap();
-    let mut taken = [0usize; 7];
-    data.samples.retain(|s| {
-        taken[s.label] += 1;
-        taken[s.label] <= per_class
-    });
-    prepare(&data, 48, 1, &|_| {}).unwrap()
-}
-
-fn tiny_config(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        network: AdCorreNetConfig::new()
-            .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1).with_bn_momentum(0.1))
-            .with_num_heads(3)
-            .with_embedding_dim(16),
-        epochs,
-        batch_size: 14,
-        input_size: 40,
-        workers: 0,
-        seed: 5,
-        eval_batch_size: 16,
-        ..TrainConfig::default()
-    }
-}
+use common::{fer_subset, max_abs_diff, tiny_config, values};
 
 /// Burn's backend random generator (dropout) is process-wide: trainings running in parallel
 /// test threads would draw from it in turn and lose reproducibility. Each test holds this.

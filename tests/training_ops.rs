@@ -9,21 +9,13 @@ mod common;
 use adcorre::backend::ops::{self, AdCorreBackend};
 use adcorre::backend::Autodiff;
 use adcorre::model::xception::same_max_pool;
-use adcorre::model::{AdCorreNetConfig, XceptionConfig};
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Param, ParamId};
 use burn::nn::BatchNormConfig;
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use common::{max_abs_diff, test_images, values};
-
-/// Values in [-1, 1), deterministic.
-fn signed<B: Backend, const D: usize>(shape: [usize; D], seed: u64, device: &B::Device) -> Tensor<B, D> {
-    let len: usize = shape.iter().product();
-    let flat = test_images::<B>([1, 1, 1, len], seed, device).reshape(shape);
-    flat * 2.0 - 1.0
-}
+use common::{collect, load, max_abs_diff, network_bytes, reduced_network, signed, test_images, values};
 
 /// max |ours - burn| / max |burn|, asserted <= 1e-4 (and the reference must not vanish).
 fn assert_close(what: &str, ours: Vec<f32>, burn: Vec<f32>) {
@@ -213,41 +205,6 @@ fn max_pool_padding_follows_tensorflow() {
     assert_eq!(values(ops::max_pool3x3_stride2_same(ramp(5))), vec![-1.0, -2.0, -4.0, -6.0, -7.0, -9.0, -16.0, -17.0, -19.0]);
 }
 
-/// Every parameter's values (or, with gradients, their gradients) in visiting order.
-struct Collect<'a, B: burn::tensor::backend::AutodiffBackend> {
-    grads: Option<&'a B::Gradients>,
-    out: Vec<(String, Vec<f32>)>,
-    path: Vec<String>,
-}
-
-impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.path.push(name.to_string());
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.pop();
-    }
-
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let name = self.path.join(".");
-        let data = match self.grads {
-            Some(grads) => match param.grad(grads) {
-                Some(grad) => values(grad),
-                None => return,
-            },
-            None => values(param.val()),
-        };
-        self.out.push((name, data));
-    }
-}
-
-fn collect<B: burn::tensor::backend::AutodiffBackend, M: Module<B>>(module: &M, grads: Option<&B::Gradients>) -> Vec<(String, Vec<f32>)> {
-    let mut visitor = Collect::<B> { grads, out: Vec::new(), path: Vec::new() };
-    module.visit(&mut visitor);
-    visitor.out
-}
-
 /// The switch between adcorre's operations and Burn's is global; the tests that flip it hold
 /// this.
 static OPS_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -257,32 +214,6 @@ fn with_ops<R>(enabled: bool, f: impl FnOnce() -> R) -> R {
     let out = f();
     ops::set_enabled(true);
     out
-}
-
-/// The reduced network of the whole-network tests: Xception at 1/8 width, one middle block,
-/// three heads of 16, no dropout (so two runs see the same function).
-fn reduced_network() -> AdCorreNetConfig {
-    AdCorreNetConfig::new()
-        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1).with_bn_momentum(0.1))
-        .with_num_heads(3)
-        .with_embedding_dim(16)
-        .with_dropout(0.0)
-}
-
-/// A calibrated network (`common::calibrate`) from a seeded initialisation, as model bytes:
-/// each load is an independent trainable copy (every parameter a leaf, its own running
-/// statistics) on any backend.
-fn network_bytes(config: &AdCorreNetConfig, seed: u64) -> Vec<u8> {
-    use adcorre::model::checkpoint::model_to_bytes;
-    type Init = adcorre::backend::Cpu;
-    let device = Default::default();
-    Init::seed(&device, seed);
-    let net = common::calibrate(config.init::<Init>(&device), seed);
-    model_to_bytes(&net, &adcorre::model::ModelCard::new(config.clone())).unwrap()
-}
-
-fn load<B: AdCorreBackend>(bytes: &[u8]) -> adcorre::model::AdCorreNet<Autodiff<B>> {
-    adcorre::model::checkpoint::model_from_bytes::<Autodiff<B>>(bytes.to_vec(), &Default::default()).unwrap().0
 }
 
 /// Three Adam steps of the fused update against Burn's `Adam` on the same gradients.

@@ -75,7 +75,7 @@ impl AdCorreBackend for Flex {
                 let out = [n, w_dims[0], h.div_ceil(stride), w.div_ceil(stride)];
                 flex(pointwise_forward(slice(&xv), shape, slice(&wv)), &out)
             }
-            _ => generic::pointwise_conv::<Self>(x, weight, stride),
+            _ => generic::dense_conv::<Self>(x, weight, stride),
         }
     }
 
@@ -105,7 +105,7 @@ impl AdCorreBackend for Flex {
                 let (ho, wo) = shape.out_hw();
                 flex(conv3x3_forward(slice(&xv), shape, slice(&wv)), &[n, w_dims[0], ho, wo])
             }
-            _ => generic::conv3x3::<Self>(x, weight, stride),
+            _ => generic::dense_conv::<Self>(x, weight, stride),
         }
     }
 
@@ -123,7 +123,7 @@ impl AdCorreBackend for Flex {
                 let (x_grad, weight_grad) = conv3x3_backward(slice(&xv), shape, slice(&wv), slice(&gv), input_grad);
                 ConvGrads { input: x_grad.map(|g| flex(g, &dims)), weight: flex(weight_grad, &w_dims) }
             }
-            _ => generic::conv3x3_backward::<Self>(x, weight, output_grad, stride, input_grad),
+            _ => generic::dense_conv_backward::<Self>(x, weight, output_grad, stride, input_grad),
         }
     }
 

@@ -19,6 +19,14 @@ fn primitive<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
     x.into_primitive().tensor()
 }
 
+/// Per-channel sums over batch and space: `[n, c, h, w]` -> `[c]`, as two reductions (pixels,
+/// then images) of the tensor seen as `[n, c, h * w]`, which needs no copy when it is
+/// contiguous (three reductions, one per dimension, otherwise).
+fn channel_sums<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 1> {
+    let [n, c, h, w] = x.dims();
+    x.reshape([n, c, h * w]).sum_dim(2).sum_dim(0).reshape([c])
+}
+
 /// One filter per channel, 3x3, stride 1, padding 1.
 fn depthwise_options(channels: usize) -> ConvOptions<2> {
     ConvOptions::new([1, 1], [1, 1], [1, 1], channels)
@@ -57,57 +65,23 @@ pub fn depthwise_conv3x3_backward<B: Backend>(
         .map(|tap| {
             let (ky, kx) = (tap / 3, tap % 3);
             let shifted = padded.clone().slice(s![0..n, 0..c, ky..ky + h, kx..kx + w]);
-            (shifted * grad.clone()).sum_dims(&[0, 2, 3]).reshape([c])
+            channel_sums(shifted * grad.clone())
         })
         .collect();
     let weight_grad = Tensor::stack::<2>(taps, 1).reshape([c, 1, 3, 3]);
     ConvGrads { input: x_grad, weight: primitive(weight_grad) }
 }
 
-/// Burn's convolution (a matrix product on every backend).
-pub fn pointwise_conv<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
-    primitive(conv2d(tensor::<B, 4>(x), tensor(weight), None, ConvOptions::new([stride; 2], [0, 0], [1, 1], 1)))
-}
-
-/// Both gradients as single matrix products over the batch: `dW = dY X^T` with the batch and
-/// pixels as the inner dimension, `dX = W^T dY`, placed at the strided pixels.
-pub fn pointwise_conv_backward<B: Backend>(
-    x: FloatTensor<B>,
-    weight: FloatTensor<B>,
-    output_grad: FloatTensor<B>,
-    stride: usize,
-    input_grad: bool,
-) -> ConvGrads<B> {
-    let x: Tensor<B, 4> = tensor(x);
-    let weight: Tensor<B, 4> = tensor(weight);
-    let grad: Tensor<B, 4> = tensor(output_grad);
-    let [n, ci, h, w] = x.dims();
-    let [_, co, ho, wo] = grad.dims();
-    let sampled = if stride == 1 { x } else { x.slice(s![.., .., 0..;stride, 0..;stride]) };
-    let columns = n * ho * wo;
-    let grad_rows = grad.clone().swap_dims(0, 1).reshape([co, columns]);
-    let x_rows = sampled.swap_dims(0, 1).reshape([ci, columns]);
-    let weight_grad = grad_rows.matmul(x_rows.transpose()).reshape([co, ci, 1, 1]);
-    let x_grad = input_grad.then(|| {
-        let w_t = weight.reshape([co, ci]).transpose().unsqueeze::<3>();
-        let sampled_grad = w_t.matmul(grad.reshape([n, co, ho * wo])).reshape([n, ci, ho, wo]);
-        let x_grad = if stride == 1 {
-            sampled_grad
-        } else {
-            Tensor::zeros([n, ci, h, w], &sampled_grad.device()).slice_assign(s![.., .., 0..;stride, 0..;stride], sampled_grad)
-        };
-        primitive(x_grad)
-    });
-    ConvGrads { input: x_grad, weight: primitive(weight_grad) }
-}
-
-/// Burn's convolution.
-pub fn conv3x3<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
+/// Burn's convolution without padding (the 1x1 products and the stem's "valid" 3x3
+/// convolutions, at stride 1 or 2).
+pub fn dense_conv<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
     B::conv2d(x, weight, None, ConvOptions::new([stride; 2], [0, 0], [1, 1], 1))
 }
 
-/// Burn's convolution gradients (an implicit matrix product on the GPU backends).
-pub fn conv3x3_backward<B: Backend>(
+/// Burn's gradients of `dense_conv` (on CubeCL, implicit matrix products: a few kernels per
+/// layer). Not explicit `matmul`s of transposed views: burn-cubecl 0.21 multiplies `A Bᵀ`
+/// wrongly for some inner sizes (k = 520, 536, 552, ... on wgpu; README, "Backends").
+pub fn dense_conv_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     output_grad: FloatTensor<B>,
@@ -119,14 +93,37 @@ pub fn conv3x3_backward<B: Backend>(
     ConvGrads { input: x_grad, weight: B::conv2d_weight_backward(x, weight, output_grad, options) }
 }
 
+/// Gradients of a 1x1 convolution: `dense_conv_backward`, except the input gradient at
+/// stride 2, which burn-cubecl 0.21's `conv2d_x_backward` gets wrong for a 1x1 kernel (README,
+/// "Backends"): here a 1x1 convolution of the output gradient with the transposed weight gives
+/// the gradient at the sampled pixels, which are then placed in a zero gradient.
+pub fn pointwise_conv_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    output_grad: FloatTensor<B>,
+    stride: usize,
+    input_grad: bool,
+) -> ConvGrads<B> {
+    if stride == 1 || !input_grad {
+        return dense_conv_backward::<B>(x, weight, output_grad, stride, input_grad);
+    }
+    let [n, ci, h, w] = tensor::<B, 4>(x.clone()).dims();
+    let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
+    let weight_t = tensor::<B, 4>(weight.clone()).swap_dims(0, 1);
+    let sampled = conv2d(tensor::<B, 4>(output_grad.clone()), weight_t, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+    let x_grad = Tensor::<B, 4>::zeros([n, ci, h, w], &sampled.device()).slice_assign(s![.., .., 0..;stride, 0..;stride], sampled);
+    ConvGrads { input: Some(primitive(x_grad)), weight: B::conv2d_weight_backward(x, weight, output_grad, options) }
+}
+
 /// Per-channel mean, then the mean of squared deviations (Burn's `BatchNorm` order), and the
 /// normalisation as one scale and one shift per channel.
 pub fn batch_norm_train<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>, epsilon: f64) -> BatchNormTrain<B> {
     let x: Tensor<B, 4> = tensor(x);
-    let c = x.dims()[1];
-    let mean = x.clone().mean_dims(&[0, 2, 3]);
+    let [n, c, h, w] = x.dims();
+    let count = (n * h * w) as f64;
+    let mean = (channel_sums(x.clone()) / count).reshape([1, c, 1, 1]);
     let centered = x - mean.clone();
-    let variance = centered.clone().square().mean_dims(&[0, 2, 3]);
+    let variance = (channel_sums(centered.clone().square()) / count).reshape([1, c, 1, 1]);
     // Divisions rather than `recip`: ndarray's reciprocal is an approximate SIMD instruction.
     let scale = tensor::<B, 1>(gamma).reshape([1, c, 1, 1]) / (variance.clone() + epsilon).sqrt();
     let output = centered * scale + tensor::<B, 1>(beta).reshape([1, c, 1, 1]);
@@ -150,11 +147,12 @@ pub fn batch_norm_train_backward<B: Backend>(
     let per_channel = |t: FloatTensor<B>| tensor::<B, 1>(t).reshape([1, c, 1, 1]);
     let std = (per_channel(variance) + epsilon).sqrt();
     let x_hat = (x - per_channel(mean)) / std.clone();
-    let beta_grad = grad.clone().sum_dims(&[0, 2, 3]);
-    let gamma_grad = (grad.clone() * x_hat.clone()).sum_dims(&[0, 2, 3]);
+    let beta_grad = channel_sums(grad.clone());
+    let gamma_grad = channel_sums(grad.clone() * x_hat.clone());
     let scale = per_channel(gamma) / std;
-    let x_grad = (grad - (beta_grad.clone() + x_hat * gamma_grad.clone()) / count) * scale;
-    BatchNormGrads { input: primitive(x_grad), gamma: primitive(gamma_grad.reshape([c])), beta: primitive(beta_grad.reshape([c])) }
+    let shift = (beta_grad.clone().reshape([1, c, 1, 1]) + x_hat * gamma_grad.clone().reshape([1, c, 1, 1])) / count;
+    let x_grad = (grad - shift) * scale;
+    BatchNormGrads { input: primitive(x_grad), gamma: primitive(gamma_grad), beta: primitive(beta_grad) }
 }
 
 /// TensorFlow's "same" pads of one axis for a 3x3 window with stride 2: `(before, after)`.

@@ -27,6 +27,15 @@ pub type Cpu = NdArray;
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda;
 
+/// Burn's wgpu backend (CubeCL kernels compiled to WGSL, on a Vulkan, Metal or DX12 driver).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+
+/// Burn's wgpu backend without its kernel fusion: the same kernels launched one operation at
+/// a time, to tell fusion's effect apart.
+#[cfg(feature = "wgpu")]
+pub type WgpuUnfused = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
 /// A backend with automatic differentiation, for training.
 pub type Autodiff<B> = burn::backend::Autodiff<B>;
 
@@ -63,3 +72,9 @@ impl AdCorreBackend for burn::backend::NdArray<f64> {}
 
 #[cfg(feature = "cuda")]
 impl AdCorreBackend for Cuda {}
+
+#[cfg(feature = "wgpu")]
+impl AdCorreBackend for Wgpu {}
+
+#[cfg(feature = "wgpu")]
+impl AdCorreBackend for WgpuUnfused {}

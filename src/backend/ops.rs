@@ -122,7 +122,7 @@ pub trait AdCorreBackend: Backend {
     /// "same" convolution pads nothing): `x [n, ci, h, w]`, `weight [co, ci, 1, 1]` ->
     /// `[n, co, ceil(h / stride), ceil(w / stride)]`.
     fn pointwise_conv(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
-        generic::pointwise_conv::<Self>(x, weight, stride)
+        generic::dense_conv::<Self>(x, weight, stride)
     }
 
     /// Gradients of [`AdCorreBackend::pointwise_conv`] (the input's only if `input_grad`).
@@ -140,7 +140,7 @@ pub trait AdCorreBackend: Backend {
     /// `x [n, ci, h, w]`, `weight [co, ci, 3, 3]` -> `[n, co, (h - 3) / stride + 1, (w - 3) /
     /// stride + 1]`.
     fn conv3x3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
-        generic::conv3x3::<Self>(x, weight, stride)
+        generic::dense_conv::<Self>(x, weight, stride)
     }
 
     /// Gradients of [`AdCorreBackend::conv3x3`] (the input's only if `input_grad`).
@@ -151,7 +151,7 @@ pub trait AdCorreBackend: Backend {
         stride: usize,
         input_grad: bool,
     ) -> ConvGrads<Self> {
-        generic::conv3x3_backward::<Self>(x, weight, output_grad, stride, input_grad)
+        generic::dense_conv_backward::<Self>(x, weight, output_grad, stride, input_grad)
     }
 
     /// Batch normalisation with the batch's statistics: `(x - mean) / sqrt(var + epsilon) *

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use adcorre::backend::{cpu_device, Cpu};
+use adcorre::backend::{cpu_device, AdCorreBackend, Cpu};
 use adcorre::data::npy::read_npy;
 use adcorre::infer::preprocess::nhwc_to_tensor;
 use adcorre::infer::{Recognition, TestModels};
@@ -13,6 +13,49 @@ use clap::{Parser, Subcommand};
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The backends this build can run, for `--backend`.
+fn compiled_backends() -> String {
+    let features = [("flex", cfg!(feature = "flex")), ("ndarray", cfg!(feature = "ndarray")), ("cuda", cfg!(feature = "cuda")), ("wgpu", cfg!(feature = "wgpu"))];
+    features.iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+}
+
+/// Runs `job::<B>(args...)` on the backend named by `--backend` (`None`: the default CPU
+/// backend). GPU backends are started first with a probe, so that a machine without the driver
+/// gets an error instead of a panic.
+macro_rules! on_backend {
+    ($name:expr, $job:ident($($arg:expr),* $(,)?)) => {
+        match $name {
+            None => $job::<Cpu>($($arg),*),
+            #[cfg(feature = "flex")]
+            Some("flex") => $job::<adcorre::backend::Flex>($($arg),*),
+            #[cfg(feature = "ndarray")]
+            Some("ndarray") => $job::<adcorre::backend::NdArray>($($arg),*),
+            #[cfg(feature = "cuda")]
+            Some("cuda") => {
+                start_backend::<adcorre::backend::Cuda>("cuda", "no NVIDIA driver or GPU here?")?;
+                $job::<adcorre::backend::Cuda>($($arg),*)
+            }
+            #[cfg(feature = "wgpu")]
+            Some("wgpu") => {
+                start_backend::<adcorre::backend::Wgpu>("wgpu", "no Vulkan, Metal or DX12 driver here? On Linux without a GPU: apt-get install mesa-vulkan-drivers")?;
+                $job::<adcorre::backend::Wgpu>($($arg),*)
+            }
+            Some(other) => Err(AdCorreError::Config(format!(
+                "backend '{other}' is not compiled in (this build has: {}; the others are cargo features)", compiled_backends()
+            ))),
+        }
+    };
+}
+
+/// Runs one small operation on `B`'s default device: GPU backends panic when they find no
+/// driver, and this turns that into an error naming the backend.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+fn start_backend<B: burn::tensor::backend::Backend>(name: &str, hint: &str) -> Result<()> {
+    std::panic::catch_unwind(|| burn::tensor::Tensor::<B, 1>::zeros([1], &Default::default()).into_data())
+        .map(|_| ())
+        .map_err(|_| AdCorreError::Config(format!("the {name} backend failed to start ({hint})")))
+}
 
 #[derive(Parser)]
 #[command(name = "adcorre", version, about = "Facial expression recognition with Ad-Corre models")]
@@ -58,10 +101,12 @@ struct BenchArgs {
     /// Embedding heads k of the untrained network (the PyTorch peer script uses 10).
     #[arg(long, default_value_t = 7)]
     heads: usize,
-    /// flex, ndarray or cuda (as compiled in); default: the default CPU backend.
-    #[arg(long)]
+    #[arg(long, help = BACKEND_HELP)]
     backend: Option<String>,
 }
+
+/// What `--backend` takes.
+const BACKEND_HELP: &str = "flex, ndarray, cuda or wgpu, as compiled in (cargo features); default: the default CPU backend (flex)";
 
 /// Which dataset split to read.
 #[derive(clap::Args)]
@@ -110,6 +155,8 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        #[arg(long, help = BACKEND_HELP)]
+        backend: Option<String>,
         /// Image files.
         images: Vec<PathBuf>,
     },
@@ -190,6 +237,8 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        #[arg(long, help = BACKEND_HELP)]
+        backend: Option<String>,
     },
     /// Measure inference latency and throughput (median after warm-up).
     Bench(BenchArgs),
@@ -214,8 +263,9 @@ fn run(cli: Cli) -> Result<()> {
             embeddings,
             input_npy,
             batch,
+            backend,
             images,
-        } => predict(&model, json, embeddings, input_npy.as_deref(), batch, &images),
+        } => on_backend!(backend.as_deref(), predict(&model, json, embeddings, input_npy.as_deref(), batch, &images)),
         Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
             source,
@@ -260,7 +310,8 @@ fn run(cli: Cli) -> Result<()> {
             json,
             out,
             batch,
-        } => eval(&model, &source, json, out.as_deref(), batch),
+            backend,
+        } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch)),
         Command::Bench(args) => bench(&args),
     }
 }
@@ -290,7 +341,7 @@ fn import_keras(input: &Path, _output: &Path) -> Result<()> {
     })
 }
 
-fn predict(
+fn predict<B: AdCorreBackend>(
     model: &Path,
     json: bool,
     with_embeddings: bool,
@@ -298,7 +349,8 @@ fn predict(
     batch: usize,
     images: &[PathBuf],
 ) -> Result<()> {
-    let models = TestModels::<Cpu>::load(model, &cpu_device())?.with_batch_size(batch);
+    let device = B::Device::default();
+    let models = TestModels::<B>::load(model, &device)?.with_batch_size(batch);
     let mut results: Vec<(String, Recognition)> = Vec::new();
     if let Some(npy) = input_npy {
         let array = read_npy::<f32>(npy)?;
@@ -316,7 +368,7 @@ fn predict(
         let per_image = shape[1] * shape[2] * 3;
         for (chunk_index, chunk) in values.chunks(per_image * batch.max(1)).enumerate() {
             let n = chunk.len() / per_image;
-            let tensor = nhwc_to_tensor::<Cpu>(chunk.to_vec(), [n, shape[1], shape[2], 3], &cpu_device());
+            let tensor = nhwc_to_tensor::<B>(chunk.to_vec(), [n, shape[1], shape[2], 3], &device);
             for (i, recognition) in models.recognize_tensor(tensor)?.into_iter().enumerate() {
                 let index = chunk_index * batch.max(1) + i;
                 results.push((format!("{}[{index}]", npy.display()), recognition));
@@ -360,42 +412,39 @@ fn predict(
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {
-    match args.backend.as_deref() {
-        None => bench_on::<Cpu>(args),
-        #[cfg(feature = "flex")]
-        Some("flex") => bench_on::<adcorre::backend::Flex>(args),
-        #[cfg(feature = "ndarray")]
-        Some("ndarray") => bench_on::<adcorre::backend::NdArray>(args),
-        // Burn's CUDA runtime panics when no driver or GPU is present: report it as an error.
-        #[cfg(feature = "cuda")]
-        Some("cuda") => std::panic::catch_unwind(|| bench_on::<adcorre::backend::Cuda>(args))
-            .unwrap_or_else(|_| {
-                Err(AdCorreError::Config(
-                    "the CUDA backend failed to start (no NVIDIA driver or GPU here?)".into(),
-                ))
-            }),
-        Some(other) => Err(AdCorreError::Config(format!(
-            "backend '{other}' is not compiled in (features: flex, ndarray, cuda)"
-        ))),
-    }
+    on_backend!(args.backend.as_deref(), bench_on(args))
 }
 
-/// Median seconds of `iters` runs of `run` after two warm-up runs.
-fn median_seconds(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Timings of `iters` runs after two warm-up runs: the median wall time, and the process's CPU
+/// time over the timed runs per second of their wall time (`None` where unknown), which shows
+/// how many cores the work used.
+fn median_seconds(iters: usize, mut run: impl FnMut() -> Result<()>) -> Result<(f64, Option<f64>)> {
     for _ in 0..2 {
         run()?;
     }
     let mut seconds = Vec::with_capacity(iters);
+    let (cpu_start, wall_start) = (process_cpu_seconds(), std::time::Instant::now());
     for _ in 0..iters.max(1) {
         let start = std::time::Instant::now();
         run()?;
         seconds.push(start.elapsed().as_secs_f64());
     }
+    let cores = process_cpu_seconds().zip(cpu_start).map(|(end, start)| (end - start) / wall_start.elapsed().as_secs_f64());
     seconds.sort_by(f64::total_cmp);
-    Ok(seconds[seconds.len() / 2])
+    Ok((seconds[seconds.len() / 2], cores))
 }
 
-fn bench_on<B: adcorre::backend::AdCorreBackend>(args: &BenchArgs) -> Result<()> {
+/// User + system CPU time of this process so far (Linux: `/proc/self/stat`, in clock ticks of
+/// 1/100 s); `None` elsewhere.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may contain spaces) start after its ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
     use adcorre::backend::Autodiff;
     use adcorre::model::{AdCorreNetConfig, ModelCard};
     use burn::optim::{GradientsParams, Optimizer};
@@ -417,8 +466,10 @@ fn bench_on<B: adcorre::backend::AdCorreBackend>(args: &BenchArgs) -> Result<()>
     };
     let size = args.size.unwrap_or(card.input_size);
     let batch = args.batch.or(train_config.as_ref().map(|config| config.batch_size)).unwrap_or(1).max(1);
-    let backend = std::any::type_name::<B>().rsplit("::").next().unwrap_or("backend").to_string();
-    let median = if args.train {
+    // The outermost type's name without its path or parameters: "Flex", "NdArray", "Fusion".
+    let backend = std::any::type_name::<B>().split('<').next().and_then(|path| path.rsplit("::").next()).unwrap_or("backend");
+    let backend = args.backend.as_deref().unwrap_or(backend).to_string();
+    let (median, cores) = if args.train {
         let labels: Vec<usize> = (0..batch).map(|i| i % card.network.num_classes).collect();
         let channels = card.network.backbone.in_channels;
         let images = Tensor::<Autodiff<B>, 4>::random([batch, channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
@@ -456,16 +507,17 @@ fn bench_on<B: adcorre::backend::AdCorreBackend>(args: &BenchArgs) -> Result<()>
                 "adcorre_ops": adcorre::backend::ops::enabled(),
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
-                "images_per_s": batch as f64 / median,
+                "images_per_s": batch as f64 / median, "cpu_per_wall": cores,
             })
         );
     } else {
         println!(
-            "{backend} {mode} {size}x{size} batch {batch}: median {:.1} ms per batch, {:.1} ms/image, {:.2} images/s ({} runs)",
+            "{backend} {mode} {size}x{size} batch {batch}: median {:.1} ms per batch, {:.1} ms/image, {:.2} images/s ({} runs{})",
             median * 1e3,
             median * 1e3 / batch as f64,
             batch as f64 / median,
-            args.iters
+            args.iters,
+            cores.map(|c| format!(", {c:.2} cores busy")).unwrap_or_default()
         );
     }
     Ok(())
@@ -576,7 +628,7 @@ fn train(
     Ok(())
 }
 
-fn eval(
+fn eval<B: AdCorreBackend>(
     model: &Path,
     source: &DatasetArgs,
     json: bool,
@@ -584,8 +636,8 @@ fn eval(
     batch: usize,
 ) -> Result<()> {
     use std::sync::Arc;
-    let device = cpu_device();
-    let (net, card) = adcorre::infer::load_network::<Cpu>(model, &device)?;
+    let device = B::Device::default();
+    let (net, card) = adcorre::infer::load_network::<B>(model, &device)?;
     let net = net.fold_batch_norm();
     let name: adcorre::data::DatasetName = source.dataset.parse()?;
     let loaded = source.load("eval")?;

@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use adcorre::backend::Autodiff;
+use adcorre::model::{AdCorreNet, AdCorreNetConfig, XceptionConfig};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::prelude::*;
 
 /// A tensor's values as a flat `Vec<f32>`.
@@ -88,5 +91,103 @@ impl<B: Backend> burn::module::ModuleMapper<B> for Calibrator {
             None if D == 4 => param.map(|tensor| tensor * 2.0),
             None => param,
         }
+    }
+}
+
+/// Values in [-1, 1), deterministic.
+pub fn signed<B: Backend, const D: usize>(shape: [usize; D], seed: u64, device: &B::Device) -> Tensor<B, D> {
+    let len: usize = shape.iter().product();
+    let flat = test_images::<B>([1, 1, 1, len], seed, device).reshape(shape);
+    flat * 2.0 - 1.0
+}
+
+/// Every parameter's values (or, with gradients, their gradients) in visiting order.
+pub struct Collect<'a, B: burn::tensor::backend::AutodiffBackend> {
+    grads: Option<&'a B::Gradients>,
+    out: Vec<(String, Vec<f32>)>,
+    path: Vec<String>,
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let name = self.path.join(".");
+        let data = match self.grads {
+            Some(grads) => match param.grad(grads) {
+                Some(grad) => values(grad),
+                None => return,
+            },
+            None => values(param.val()),
+        };
+        self.out.push((name, data));
+    }
+}
+
+pub fn collect<B: burn::tensor::backend::AutodiffBackend, M: Module<B>>(module: &M, grads: Option<&B::Gradients>) -> Vec<(String, Vec<f32>)> {
+    let mut visitor = Collect::<B> { grads, out: Vec::new(), path: Vec::new() };
+    module.visit(&mut visitor);
+    visitor.out
+}
+
+/// The reduced network of the whole-network tests: Xception at 1/8 width, one middle block,
+/// three heads of 16, no dropout (so two runs see the same function).
+pub fn reduced_network() -> AdCorreNetConfig {
+    AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1).with_bn_momentum(0.1))
+        .with_num_heads(3)
+        .with_embedding_dim(16)
+        .with_dropout(0.0)
+}
+
+/// A calibrated network (`calibrate`) from a seeded initialisation, as model bytes:
+/// each load is an independent trainable copy (every parameter a leaf, its own running
+/// statistics) on any backend.
+pub fn network_bytes(config: &AdCorreNetConfig, seed: u64) -> Vec<u8> {
+    use adcorre::model::checkpoint::model_to_bytes;
+    type Init = adcorre::backend::Cpu;
+    let device = Default::default();
+    Init::seed(&device, seed);
+    let net = calibrate(config.init::<Init>(&device), seed);
+    model_to_bytes(&net, &adcorre::model::ModelCard::new(config.clone())).unwrap()
+}
+
+/// A trainable copy of the network in `bytes` on `B`'s default device.
+pub fn load<B: adcorre::backend::AdCorreBackend>(bytes: &[u8]) -> AdCorreNet<Autodiff<B>> {
+    adcorre::model::checkpoint::model_from_bytes::<Autodiff<B>>(bytes.to_vec(), &Default::default()).unwrap().0
+}
+
+
+/// `per_class` FER-2013 images of each class, 48x48 gray.
+pub fn fer_subset(kind: adcorre::data::DatasetType, per_class: usize) -> adcorre::data::PackedImages {
+    let mut data = adcorre::data::load_dataset(adcorre::data::DatasetName::Fer2013, kind, std::path::Path::new("../shared/data/fer2013")).unwrap();
+    let mut taken = [0usize; 7];
+    data.samples.retain(|s| {
+        taken[s.label] += 1;
+        taken[s.label] <= per_class
+    });
+    adcorre::data::prepare(&data, 48, 1, &|_| {}).unwrap()
+}
+
+/// A training config small enough for tests: the reduced network at 40x40, batch 14, no workers.
+pub fn tiny_config(epochs: usize) -> adcorre::train::TrainConfig {
+    adcorre::train::TrainConfig {
+        network: AdCorreNetConfig::new()
+            .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1).with_bn_momentum(0.1))
+            .with_num_heads(3)
+            .with_embedding_dim(16),
+        epochs,
+        batch_size: 14,
+        input_size: 40,
+        workers: 0,
+        seed: 5,
+        eval_batch_size: 16,
+        ..adcorre::train::TrainConfig::default()
     }
 }

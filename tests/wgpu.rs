@@ -1,0 +1,320 @@
+//! The GPU code path, tested without a GPU: Burn's wgpu backend runs the CubeCL kernels,
+//! autotune and fusion that the CUDA backend runs (the same `#[cube]` sources, compiled to
+//! WGSL instead of PTX), here on any Vulkan driver, in CI on Mesa's CPU driver lavapipe
+//! (`apt-get install mesa-vulkan-drivers`). Every test compares wgpu with flex (or with the
+//! Keras fixture) on the same inputs and weights.
+//!
+//! `cargo test --release --features ndarray,wgpu --test wgpu`
+
+#![cfg(all(feature = "wgpu", feature = "flex"))]
+
+mod common;
+
+use adcorre::backend::ops::{self, AdCorreBackend};
+use adcorre::backend::{Autodiff, Flex, Wgpu};
+use adcorre::data::npy::read_npy;
+use adcorre::data::DatasetType;
+use adcorre::loss::AdCorreLossConfig;
+use adcorre::model::{load_model, save_model, ModelCard};
+use adcorre::train::optimizer::model_optimizer;
+use adcorre::train::TrainModel;
+use burn::backend::wgpu::WgpuDevice;
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use common::{collect, fer_subset, load, max_abs_diff, network_bytes, reduced_network, signed, tiny_config, values};
+
+/// Named results (outputs, gradients, parameters) of one backend.
+type Results = Vec<(String, Vec<f32>)>;
+
+/// The results where wgpu differs from flex by more than `tolerance` of the largest flex
+/// value of that result (same names in the same order, asserted), each with its error.
+fn differences(what: &str, wgpu: &Results, flex: &Results, tolerance: f32) -> Vec<String> {
+    assert_eq!(wgpu.len(), flex.len(), "{what}: as many results");
+    let mut worst = (0f32, "");
+    let mut failures = Vec::new();
+    for ((name, a), (name_b, b)) in wgpu.iter().zip(flex) {
+        assert_eq!(name, name_b);
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let error = max_abs_diff(a, b) / scale;
+        if !(error <= tolerance) || scale == 0.0 {
+            failures.push(format!("{what}: {name}: relative error {error:e} (flex scale {scale:e})"));
+        } else if error > worst.0 {
+            worst = (error, name);
+        }
+    }
+    eprintln!("{what}: largest relative difference wgpu / flex within tolerance {:e} ({})", worst.0, worst.1);
+    failures
+}
+
+/// Asserts that wgpu's results equal flex's within `tolerance` ([`differences`]), listing
+/// every result that does not.
+fn assert_close(what: &str, wgpu: &Results, flex: &Results, tolerance: f32) {
+    let failures = differences(what, wgpu, flex, tolerance);
+    assert!(failures.is_empty(), "wgpu differs from flex in\n  {}", failures.join("\n  "));
+}
+
+/// The fixture's reference outputs, flat.
+fn keras_reference(name: &str) -> Vec<f32> {
+    read_npy::<f32>(format!("../shared/fixtures/keras/{name}").as_ref()).unwrap().iter().copied().collect()
+}
+
+/// The imported Keras fixture on wgpu: probabilities and embeddings within 1e-5 of Keras, with
+/// batch norm as layers and folded (what inference runs), and after a save / load round trip.
+#[test]
+fn keras_fixture_matches_on_wgpu() {
+    let device = WgpuDevice::default();
+    let (net, card) = adcorre::import::keras::import_keras::<Wgpu>("../shared/fixtures/keras/adcorre_xcp7.h5".as_ref(), &device).unwrap();
+    let array = read_npy::<f32>("../shared/fixtures/keras/input.npy".as_ref()).unwrap();
+    let input = || {
+        let data = TensorData::new(array.iter().copied().collect::<Vec<f32>>(), [4, 224, 224, 3]);
+        Tensor::<Wgpu, 4>::from_data(data, &device).permute([0, 3, 1, 2])
+    };
+    let check = |what: &str, out: adcorre::model::AdCorreOutput<Wgpu>| {
+        let probs = max_abs_diff(&values(out.probabilities()), &keras_reference("probs.npy"));
+        let embeddings = max_abs_diff(&values(out.embeddings), &keras_reference("embeddings.npy"));
+        eprintln!("keras parity on wgpu, {what}: probabilities {probs:e}, embeddings {embeddings:e}");
+        assert!(probs <= 1e-5 && embeddings <= 1e-5, "{what}: probabilities {probs:e}, embeddings {embeddings:e}");
+    };
+    let out = net.forward(input());
+    let logits = values(out.logits.clone());
+    check("batch norm as layers", out);
+    check("batch norm folded", net.clone().fold_batch_norm().forward(input()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fixture.mpk");
+    save_model(&net, &card, &path).unwrap();
+    let (reloaded, reloaded_card) = load_model::<Wgpu>(&path, &device).unwrap();
+    assert_eq!(reloaded_card, card);
+    assert_eq!(values(reloaded.forward(input()).logits), logits, "the reloaded model computes the same logits");
+
+    // The command line on wgpu: `adcorre predict --backend wgpu --input-npy ... --json`.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_adcorre"))
+        .args(["predict", "--backend", "wgpu", "--json", "--model"])
+        .arg(&path)
+        .args(["--input-npy", "../shared/fixtures/keras/input.npy"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let reference = keras_reference("probs.npy");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 4);
+    for (i, line) in lines.iter().enumerate() {
+        for (class, name) in card.class_names.iter().enumerate() {
+            let probability = line["probabilities"][name].as_f64().unwrap() as f32;
+            let error = (probability - reference[i * 7 + class]).abs();
+            assert!(error <= 1e-5, "adcorre predict --backend wgpu, image {i}, {name}: {probability} vs Keras {}", reference[i * 7 + class]);
+        }
+    }
+}
+
+/// A loss `sum(y * r)` with fixed `r`, so that every output element gets its own gradient.
+fn weighted_sum<B: AdCorreBackend, const D: usize>(y: Tensor<Autodiff<B>, D>) -> Tensor<Autodiff<B>, 1> {
+    let r = signed::<Autodiff<B>, D>(y.dims(), 99, &y.device());
+    (y * r).sum()
+}
+
+/// Runs `op` on tracked copies of `inputs` and records its output and each input's gradient.
+fn record<B: AdCorreBackend, const N: usize>(
+    results: &mut Results,
+    what: String,
+    inputs: [Tensor<Autodiff<B>, 4>; N],
+    op: impl FnOnce([Tensor<Autodiff<B>, 4>; N]) -> Tensor<Autodiff<B>, 4>,
+) {
+    let tracked = inputs.map(|x| x.require_grad());
+    let y = op(tracked.clone());
+    results.push((format!("{what}: output"), values(y.clone())));
+    let grads = weighted_sum::<B, 4>(y).backward();
+    for (i, x) in tracked.iter().enumerate() {
+        results.push((format!("{what}: gradient of input {i}"), values(x.grad(&grads).expect("a tracked input has a gradient"))));
+    }
+}
+
+/// Records each loss term as its own result.
+fn push_terms(results: &mut Results, what: &str, v: &adcorre::loss::LossValues) {
+    for (term, value) in [("total", v.total), ("ce", v.ce), ("fd", v.fd), ("md", v.md), ("ed", v.ed)] {
+        results.push((format!("{what}: loss {term}"), vec![value as f32]));
+    }
+}
+
+/// Outputs and gradients of every operation the network and the loss use, at the shapes,
+/// strides and paddings Xception has (odd sizes, batch 1, 1x1 planes).
+fn operation_results<B: AdCorreBackend>() -> Results {
+    let device = Default::default();
+    let x = |shape: [usize; 4], seed: u64| signed::<Autodiff<B>, 4>(shape, seed, &device);
+    let mut results = Results::new();
+    for (n, c, h, w) in [(1, 3, 5, 7), (2, 4, 1, 1), (2, 8, 23, 23)] {
+        for relu_input in [false, true] {
+            record::<B, 2>(&mut results, format!("depthwise {n}x{c}x{h}x{w} relu {relu_input}"), [x([n, c, h, w], 1), x([c, 1, 3, 3], 2)], |[x, weight]| {
+                ops::depthwise_conv3x3(x, weight, relu_input)
+            });
+        }
+    }
+    for (n, ci, co, h, w, stride) in [(1, 3, 5, 7, 7, 1), (2, 6, 4, 20, 17, 1), (3, 4, 6, 9, 8, 2), (2, 2, 3, 1, 1, 2)] {
+        record::<B, 2>(&mut results, format!("pointwise {n}x{ci}x{h}x{w} -> {co} stride {stride}"), [x([n, ci, h, w], 3), x([co, ci, 1, 1], 4)], |[x, weight]| {
+            ops::pointwise_conv(x, weight, stride)
+        });
+    }
+    for (n, ci, co, h, w, stride) in [(2, 3, 4, 11, 9, 2), (1, 4, 5, 8, 8, 1), (3, 2, 3, 3, 3, 1)] {
+        record::<B, 2>(&mut results, format!("conv3x3 {n}x{ci}x{h}x{w} -> {co} stride {stride}"), [x([n, ci, h, w], 5), x([co, ci, 3, 3], 6)], |[x, weight]| {
+            ops::conv3x3(x, weight, stride)
+        });
+    }
+    for (n, c, h, w) in [(1, 3, 5, 7), (4, 2, 1, 1), (3, 16, 6, 6)] {
+        let inputs = [x([n, c, h, w], 7) * 3.0 + 0.5, x([1, c, 1, 1], 8) + 1.5, x([1, c, 1, 1], 9)];
+        let mut statistics = Vec::new();
+        record::<B, 3>(&mut results, format!("batch norm {n}x{c}x{h}x{w}"), inputs, |[x, gamma, beta]| {
+            let (y, mean, variance) = ops::batch_norm_train(x, gamma.reshape([c]), beta.reshape([c]), 1e-3);
+            statistics = vec![values(mean), values(variance)];
+            y
+        });
+        results.push((format!("batch norm {n}x{c}x{h}x{w}: batch statistics"), statistics.concat()));
+    }
+    for (n, c, h, w) in [(1, 3, 109, 109), (3, 2, 14, 15), (2, 1, 1, 1)] {
+        record::<B, 1>(&mut results, format!("max pool {n}x{c}x{h}x{w}"), [x([n, c, h, w], 10)], |[x]| ops::max_pool3x3_stride2_same(x));
+    }
+    record::<B, 1>(&mut results, "global average pool".into(), [x([3, 5, 7, 6], 11)], |[x]| adcorre::model::global_average_pool(x).reshape([3, 5, 1, 1]));
+
+    // The Ad-Corre loss terms and their gradients with respect to logits and embeddings.
+    let (heads, batch, dim) = (3, 8, 16);
+    let labels = [0, 1, 2, 3, 4, 5, 6, 1];
+    let logits = signed::<Autodiff<B>, 2>([batch, 7], 12, &device).mul_scalar(3.0).require_grad();
+    let embeddings = signed::<Autodiff<B>, 3>([heads, batch, dim], 13, &device).require_grad();
+    let mut loss = AdCorreLossConfig::default().init(7).unwrap();
+    for step in 0..2 {
+        let terms = loss.forward(logits.clone(), embeddings.clone(), &labels).unwrap();
+        let v = terms.values().unwrap();
+        push_terms(&mut results, &format!("loss step {step}"), &v);
+        let grads = terms.total.backward();
+        results.push((format!("loss step {step}: gradient of the logits"), values(logits.grad(&grads).unwrap())));
+        results.push((format!("loss step {step}: gradient of the embeddings"), values(embeddings.grad(&grads).unwrap())));
+    }
+    results
+}
+
+/// Every operation of the network and the loss, forward and backward, wgpu against flex
+/// (flex runs host kernels, wgpu the generic formulations in CubeCL kernels): within 1e-4.
+#[test]
+fn operations_and_loss_terms_match_flex() {
+    let _switch = OPS_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    assert_close("operations", &operation_results::<Wgpu>(), &operation_results::<Flex>(), 1e-4);
+}
+
+/// The switch between adcorre's operations and Burn's is global; tests that read it hold this.
+static OPS_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The backbone's named feature maps and the outputs of a forward pass with batch statistics
+/// (on its own copy of the network: batch statistics move the running averages), to locate a
+/// difference.
+fn forward_results<B: AdCorreBackend>(bytes: &[u8], images: &Tensor<Autodiff<B>, 4>) -> Results {
+    let mut forward = Results::new();
+    let copy = load::<B>(bytes);
+    copy.backbone.forward_with_taps(images.clone(), &mut |name, x| forward.push((format!("feature map {name}"), values(x.clone()))));
+    let out = copy.forward(images.clone());
+    forward.push(("logits".into(), values(out.logits)));
+    forward.push(("embeddings".into(), values(out.embeddings)));
+    forward
+}
+
+/// The reduced network's forward pass with batch statistics on wgpu without kernel fusion
+/// against flex: tells whether a difference of the fused backend comes from fusion.
+#[test]
+#[ignore = "open (issue 15): on wgpu the reduced network's forward pass with batch statistics leaves flex from block2 on, with and without fusion, while each operation alone matches"]
+fn forward_pass_without_fusion_matches_flex() {
+    let _switch = OPS_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let bytes = network_bytes(&reduced_network(), 4);
+    let unfused_images = common::test_images::<Autodiff<adcorre::backend::WgpuUnfused>>([6, 3, 41, 37], 5, &Default::default());
+    let unfused = forward_results::<adcorre::backend::WgpuUnfused>(&bytes, &unfused_images);
+    let flex = forward_results::<Flex>(&bytes, &common::test_images::<Autodiff<Flex>>([6, 3, 41, 37], 5, &Default::default()));
+    assert_close("forward pass with batch statistics, wgpu without fusion", &unfused, &flex, 1e-4);
+}
+
+/// Three Adam steps of the reduced network (forward with batch statistics, Ad-Corre loss,
+/// backward, fused Adam) from the same weights: the loss terms of every step, the gradients of
+/// the first, and the parameters and running statistics after the last.
+fn training_results<B: AdCorreBackend>(bytes: &[u8]) -> (Results, Results, Results, Results) {
+    let device = Default::default();
+    let images = common::test_images::<Autodiff<B>>([6, 3, 41, 37], 5, &device);
+    let forward = forward_results::<B>(bytes, &images);
+    let mut net = load::<B>(bytes);
+    let labels = [0, 1, 2, 3, 4, 0];
+    let mut loss = AdCorreLossConfig::default().init(7).unwrap();
+    let mut optimizer = model_optimizer::<Autodiff<B>>(1e-7);
+    let (mut terms_of_steps, mut first_gradients) = (Results::new(), Results::new());
+    for step in 0..3 {
+        let out = net.forward(images.clone());
+        let terms = loss.forward(out.logits, out.embeddings, &labels).unwrap();
+        let v = terms.values().unwrap();
+        push_terms(&mut terms_of_steps, &format!("step {step}"), &v);
+        let grads = terms.total.backward();
+        if step == 0 {
+            first_gradients = collect::<Autodiff<B>, _>(&net, Some(&grads));
+        }
+        let grads = GradientsParams::from_grads(grads, &net);
+        net = optimizer.step(1e-3, net, grads);
+    }
+    (forward, terms_of_steps, first_gradients, collect::<Autodiff<B>, _>(&net, None))
+}
+
+/// A few training steps of a reduced network on wgpu against flex from the same weights, then
+/// a save / load round trip of the trained network on wgpu.
+#[test]
+#[ignore = "open (issue 15): on wgpu the reduced network's forward pass with batch statistics leaves flex from block2 on, with and without fusion, while each operation alone matches"]
+fn training_steps_match_flex_and_the_model_round_trips() {
+    let _switch = OPS_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let config = reduced_network();
+    let bytes = network_bytes(&config, 4);
+    let (wgpu_forward, wgpu_terms, wgpu_grads, wgpu_weights) = training_results::<Wgpu>(&bytes);
+    let (flex_forward, flex_terms, flex_grads, flex_weights) = training_results::<Flex>(&bytes);
+    assert!(wgpu_grads.len() > 60, "every parameter has a gradient ({})", wgpu_grads.len());
+    // Adam divides each gradient by its own running magnitude, so gradients near zero that
+    // differ in their last bits move weights by up to a learning rate per step: compared to
+    // each tensor's scale, 3 steps of 1e-3 stay far below 1e-2.
+    let failures = [
+        differences("forward pass with batch statistics", &wgpu_forward, &flex_forward, 1e-4),
+        differences("loss terms of three steps", &wgpu_terms, &flex_terms, 1e-4),
+        differences("gradients of the first step", &wgpu_grads, &flex_grads, 1e-4),
+        differences("weights after three steps", &wgpu_weights, &flex_weights, 1e-2),
+    ]
+    .concat();
+    assert!(failures.is_empty(), "wgpu differs from flex in\n  {}", failures.join("\n  "));
+
+    let device = WgpuDevice::default();
+    let net = load::<Wgpu>(&bytes).valid();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reduced.mpk");
+    save_model(&net, &ModelCard::new(config), &path).unwrap();
+    let (reloaded, _) = load_model::<Wgpu>(&path, &device).unwrap();
+    let images = common::test_images::<Wgpu>([2, 3, 41, 37], 6, &device);
+    assert_eq!(values(reloaded.forward(images.clone()).logits), values(net.forward(images).logits));
+}
+
+/// Data-parallel training on two wgpu devices: cubecl-wgpu offers one CPU adapter, but
+/// `WgpuDevice::Cpu` and `WgpuDevice::DefaultDevice` (which resolves to the same adapter here)
+/// are two devices with their own queues and memory, so Burn's collective operations move
+/// tensors between devices as on two GPUs. The two-replica run follows the one-device loss
+/// trajectory (the difference is batch-norm statistics of half batches), as on flex.
+#[test]
+#[ignore = "open (issue 15): did not finish within 25 minutes on lavapipe (a deadlock or a slow path, not yet known)"]
+fn two_wgpu_devices_follow_the_loss_trajectory_of_one() {
+    let _switch = OPS_SWITCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut config = tiny_config(2);
+    config.network.dropout = 0.0;
+    let trainer = |devices: Vec<usize>| {
+        TrainModel::new(adcorre::data::DatasetName::Fer2013, DatasetType::Train)
+            .config(adcorre::train::TrainConfig { devices, ..config.clone() })
+            .with_prepared(fer_subset(DatasetType::Train, 8), fer_subset(DatasetType::Eval, 3))
+            .quiet(true)
+    };
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let single = trainer(vec![0]).train_on_devices::<Autodiff<Wgpu>>("xcp", one.path(), &[WgpuDevice::Cpu]).unwrap();
+    let parallel = trainer(vec![0, 1])
+        .train_on_devices::<Autodiff<Wgpu>>("xcp", two.path(), &[WgpuDevice::Cpu, WgpuDevice::DefaultDevice])
+        .unwrap();
+    assert_eq!(single.steps, parallel.steps);
+    let pairs: Vec<(f64, f64)> = single.step_losses.iter().zip(&parallel.step_losses).map(|(a, b)| (a.total, b.total)).collect();
+    eprintln!("total loss, one wgpu device vs two: {pairs:?}");
+    for (step, (a, b)) in pairs.iter().enumerate() {
+        assert!((a - b).abs() <= 0.05 * a.abs(), "step {step}: one device {a}, two {b}");
+    }
+}
