@@ -1,6 +1,6 @@
 //! The GPU code path, tested without a GPU: Burn's wgpu backend runs the CubeCL kernels,
 //! autotune and fusion that the CUDA backend runs (the same `#[cube]` sources, compiled to
-//! WGSL instead of PTX), here on any Vulkan driver, in CI on Mesa's CPU driver lavapipe
+//! WGSL instead of PTX), here on any Vulkan driver, also Mesa's CPU driver lavapipe
 //! (`apt-get install mesa-vulkan-drivers`). Every test compares wgpu with flex (or with the
 //! Keras fixture) on the same inputs and weights.
 //!
