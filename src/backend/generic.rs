@@ -72,10 +72,15 @@ pub fn depthwise_conv3x3_backward<B: Backend>(
     ConvGrads { input: x_grad, weight: primitive(weight_grad) }
 }
 
+/// Options of an ungrouped convolution without padding at `stride`.
+fn unpadded(stride: usize) -> ConvOptions<2> {
+    ConvOptions::new([stride; 2], [0, 0], [1, 1], 1)
+}
+
 /// Burn's convolution without padding (the 1x1 products and the stem's "valid" 3x3
 /// convolutions, at stride 1 or 2).
 pub fn dense_conv<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
-    B::conv2d(x, weight, None, ConvOptions::new([stride; 2], [0, 0], [1, 1], 1))
+    B::conv2d(x, weight, None, unpadded(stride))
 }
 
 /// Burn's gradients of `dense_conv` (on CubeCL, implicit matrix products: a few kernels per
@@ -88,7 +93,7 @@ pub fn dense_conv_backward<B: Backend>(
     stride: usize,
     input_grad: bool,
 ) -> ConvGrads<B> {
-    let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
+    let options = unpadded(stride);
     let x_grad = input_grad.then(|| B::conv2d_x_backward(x.clone(), weight.clone(), output_grad.clone(), options.clone()));
     ConvGrads { input: x_grad, weight: B::conv2d_weight_backward(x, weight, output_grad, options) }
 }
@@ -108,11 +113,10 @@ pub fn pointwise_conv_backward<B: Backend>(
         return dense_conv_backward::<B>(x, weight, output_grad, stride, input_grad);
     }
     let [n, ci, h, w] = tensor::<B, 4>(x.clone()).dims();
-    let options = ConvOptions::new([stride; 2], [0, 0], [1, 1], 1);
     let weight_t = tensor::<B, 4>(weight.clone()).swap_dims(0, 1);
-    let sampled = conv2d(tensor::<B, 4>(output_grad.clone()), weight_t, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
+    let sampled = conv2d(tensor::<B, 4>(output_grad.clone()), weight_t, None, unpadded(1));
     let x_grad = Tensor::<B, 4>::zeros([n, ci, h, w], &sampled.device()).slice_assign(s![.., .., 0..;stride, 0..;stride], sampled);
-    ConvGrads { input: Some(primitive(x_grad)), weight: B::conv2d_weight_backward(x, weight, output_grad, options) }
+    ConvGrads { input: Some(primitive(x_grad)), ..dense_conv_backward::<B>(x, weight, output_grad, stride, false) }
 }
 
 /// Per-channel mean, then the mean of squared deviations (Burn's `BatchNorm` order), and the
