@@ -23,6 +23,7 @@
 pub mod atomic_file;
 pub mod backend;
 pub mod data;
+pub mod detect;
 pub mod error;
 pub mod import;
 pub mod infer;

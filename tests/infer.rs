@@ -74,6 +74,69 @@ fn batch_and_single_recognition_agree() {
     assert_eq!(batch[0].probabilities[7].name, "Contempt");
 }
 
+/// A model whose card says grayscale sees a colour photo as its luma: the same answer as for
+/// the photo converted to gray first; a colour model sees the colours.
+#[test]
+fn grayscale_models_are_fed_luma() {
+    let config = AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
+        .with_num_heads(2)
+        .with_embedding_dim(8);
+    let device = cpu_device();
+    let net = common::calibrate(config.init::<Cpu>(&device), 3);
+    let colour = DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 40, |x, y| {
+        Rgb([(x * 6) as u8, (y * 6) as u8, ((x + y) * 3) as u8])
+    }));
+    let gray = colour.grayscale();
+    assert!(matches!(gray, DynamicImage::ImageLuma8(_)));
+    let probabilities = |grayscale: bool, image: &DynamicImage| {
+        let card = ModelCard::new(config.clone()).with_input_size(32).with_grayscale(grayscale);
+        let models = TestModels::from_model(net.clone(), card, &device);
+        let recognition = models.recognize_image(image).unwrap();
+        recognition.probabilities.iter().map(|c| c.probability).collect::<Vec<f32>>()
+    };
+    assert_eq!(probabilities(true, &colour), probabilities(true, &gray));
+    assert_eq!(probabilities(false, &gray), probabilities(true, &gray));
+    let colour_seen = probabilities(false, &colour);
+    let luma_seen = probabilities(true, &colour);
+    let difference = colour_seen.iter().zip(&luma_seen).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    println!("colour vs luma input, largest probability difference {difference:e}");
+    assert!(difference > 1e-4, "colour and luma input must differ for a colour model: {difference}");
+}
+
+/// The test-time flip averages the probabilities of an image and its mirror image, so a model
+/// that uses it gives a photo and its mirror image the same answer; a model card turns it on.
+#[test]
+fn test_time_flip_averages_an_image_and_its_mirror() {
+    let config = AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
+        .with_num_heads(2)
+        .with_embedding_dim(8);
+    let device = cpu_device();
+    let net = common::calibrate(config.init::<Cpu>(&device), 5).fold_batch_norm();
+    let images = common::test_images::<Cpu>([3, 3, 33, 29], 7, &device);
+    let mirrored = images.clone().flip([3]);
+    let expected: Vec<f32> = common::values(net.probabilities(images.clone()))
+        .iter()
+        .zip(common::values(net.probabilities(mirrored.clone())))
+        .map(|(a, b)| (a + b) / 2.0)
+        .collect();
+    let flipped = net.forward_test_time_flip(images.clone());
+    let averaged = common::values(flipped.probabilities());
+    assert!(common::max_abs_diff(&averaged, &expected) < 1e-6);
+    let of_mirror = common::values(net.forward_test_time_flip(mirrored.clone()).probabilities());
+    assert!(common::max_abs_diff(&averaged, &of_mirror) < 1e-6, "mirror-invariant");
+    assert_eq!(common::values(flipped.embeddings), common::values(net.forward(images.clone()).embeddings));
+    let plain = common::values(net.probabilities(images.clone()));
+    assert!(common::max_abs_diff(&plain, &averaged) > 1e-4, "the flip must change something");
+
+    let card = ModelCard::new(config).with_input_size(33).with_test_time_flip(true);
+    let models = TestModels::from_model(net, card, &device);
+    let recognitions = models.recognize_tensor(images).unwrap();
+    let recognised: Vec<f32> = recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect();
+    assert!(common::max_abs_diff(&recognised, &averaged) < 1e-6);
+}
+
 #[test]
 fn any_pixel_format_becomes_rgb_in_unit_range() {
     let gray = DynamicImage::ImageLuma8(GrayImage::from_pixel(10, 6, Luma([255])));

@@ -321,3 +321,33 @@ fn loss_terms_example_reads_a_fixture() {
     let err = LossCase::from_npz(Path::new("../shared/fixtures/loss/missing.npz")).unwrap_err();
     assert!(matches!(err, AdCorreError::Io { .. }));
 }
+
+/// Label smoothing: the cross-entropy against `(1 - e) onehot + e / C`, computed by hand from
+/// the softmax; 0 gives the plain cross-entropy.
+#[test]
+fn label_smoothing_mixes_the_uniform_distribution_into_the_targets() {
+    use adcorre::loss::{cross_entropy, smoothed_cross_entropy, CrossEntropyScale};
+    let device = Default::default();
+    let logits = [[2.0f32, -1.0, 0.5], [0.1, 0.3, -0.7]];
+    let labels = [0, 2];
+    let tensor = || Tensor::<Cpu, 2>::from_data(logits, &device);
+    let smoothing = 0.1;
+    let mut expected = 0.0;
+    for (row, &label) in logits.iter().zip(&labels) {
+        let total: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+        for (class, &v) in row.iter().enumerate() {
+            let target = if class == label { 1.0 - smoothing } else { 0.0 } + smoothing / 3.0;
+            expected -= target * ((v as f64).exp() / total).ln();
+        }
+    }
+    let per_sample = values(smoothed_cross_entropy(tensor(), &labels, CrossEntropyScale::PerSample, smoothing))[0] as f64;
+    assert!((per_sample - expected / 2.0).abs() < 1e-6, "{per_sample} vs {}", expected / 2.0);
+    let per_entry = values(smoothed_cross_entropy(tensor(), &labels, CrossEntropyScale::PerEntry, smoothing))[0] as f64;
+    assert!((per_entry - expected / 6.0).abs() < 1e-6);
+    let plain = values(cross_entropy(tensor(), &labels, CrossEntropyScale::PerSample))[0];
+    let unsmoothed = values(smoothed_cross_entropy(tensor(), &labels, CrossEntropyScale::PerSample, 0.0))[0];
+    assert_eq!(plain, unsmoothed);
+    assert!(plain < per_sample as f32, "smoothing raises the loss of confident right answers");
+    let bad = AdCorreLossConfig { label_smoothing: 1.0, ..Default::default() };
+    assert!(bad.validate().unwrap_err().to_string().contains("label_smoothing"));
+}

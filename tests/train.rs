@@ -221,6 +221,26 @@ fn a_time_budget_ends_training_with_an_evaluated_checkpoint() {
     assert!(report.best_checkpoint.unwrap().exists());
 }
 
+/// The cosine schedule warms up linearly to the learning rate, then falls along a half cosine
+/// to 0 at the last step; Keras' decay stays the release's formula.
+#[test]
+fn learning_rate_schedules() {
+    use adcorre::train::LrSchedule;
+    let keras = TrainConfig { learning_rate: 1e-3, lr_decay: 1e-5, ..Default::default() };
+    assert_eq!(keras.learning_rate_at(0, 100), 1e-3);
+    assert!((keras.learning_rate_at(1000, 100) - 1e-3 / 1.01).abs() < 1e-15);
+    let cosine: TrainConfig =
+        serde_json::from_str(r#"{"learning_rate": 0.002, "lr_schedule": {"cosine": {"warmup_steps": 10}}}"#).unwrap();
+    assert_eq!(cosine.lr_schedule, LrSchedule::Cosine { warmup_steps: 10 });
+    let total = 110;
+    let at = |step| cosine.learning_rate_at(step, total);
+    assert!((at(0) - 0.0002).abs() < 1e-12 && (at(4) - 0.001).abs() < 1e-12, "linear warm-up");
+    assert!((at(9) - 0.002).abs() < 1e-12 && (at(10) - 0.002).abs() < 1e-12, "peak");
+    assert!((at(60) - 0.001).abs() < 1e-12, "half way down at the middle of the cosine");
+    assert!(at(109) < 1e-6 && at(109) > 0.0 && at(500) == 0.0, "ends at 0");
+    assert!((10..total).all(|step| at(step + 1) <= at(step)), "falls monotonically");
+}
+
 #[test]
 fn committed_configs_parse_and_validate() {
     let mut seen = 0;

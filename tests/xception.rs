@@ -320,6 +320,51 @@ fn cards_written_before_a_field_existed_still_load() {
     assert_eq!(loaded.network, config, "missing field takes its default");
 }
 
+/// A card written before `stem_stride` and `grayscale` existed loads as the Keras stem on RGB.
+#[test]
+fn cards_without_stem_stride_or_grayscale_load_as_keras() {
+    let device = Default::default();
+    let config = small_config();
+    let net = config.init::<B>(&device);
+    let mut card = serde_json::to_value(ModelCard::new(config.clone()).with_grayscale(true)).unwrap();
+    card["network"]["backbone"].as_object_mut().unwrap().remove("stem_stride");
+    card.as_object_mut().unwrap().remove("grayscale");
+    let record = (
+        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
+        card.to_string(),
+        burn::module::Module::into_record(net),
+    );
+    let bytes = burn::record::Recorder::<B>::record(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
+        record,
+        (),
+    )
+    .unwrap();
+    let (net, loaded) = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap();
+    assert_eq!(loaded.network.backbone.stem_stride, 2);
+    assert!(!loaded.grayscale);
+    assert_eq!(net.backbone.block1_conv1.conv.stride, [2, 2]);
+}
+
+/// A stem stride of 1 keeps twice the resolution through the network; other strides are a
+/// typed error.
+#[test]
+fn stem_stride_one_keeps_the_resolution() {
+    let device = Default::default();
+    let backbone = XceptionConfig::new().with_width(0.125).with_middle_blocks(1);
+    let mut sides = Vec::new();
+    for stride in [2, 1] {
+        let net = AdCorreNetConfig::new().with_backbone(backbone.clone().with_stem_stride(stride)).init::<B>(&device);
+        let maps = net.backbone.forward(test_images::<B>([1, 3, 48, 48], 1, &device));
+        sides.push(maps.dims()[2]);
+    }
+    assert_eq!(sides, [2, 3], "48 -> 23 -> ... -> 2 with stride 2, 48 -> 46 -> ... -> 3 with stride 1");
+    for stride in [0, 3] {
+        let err = backbone.clone().with_stem_stride(stride).validate().unwrap_err().to_string();
+        assert!(err.contains("stem_stride"), "{err}");
+    }
+}
+
 /// Held by the tests that switch adcorre's operations off or need them on (the switch is
 /// global and tests run in parallel).
 #[cfg(feature = "flex")]
@@ -363,16 +408,26 @@ fn host_pass<B: AdCorreBackend>(net: &adcorre::model::Xception<B>, images: &Tens
 
 /// The one-pass host backbone (flex, folded batch norms) equals the layer-by-layer network up
 /// to float rounding: batch 1 and 3 (one matrix product over the batch), square, non-square
-/// and odd sizes down to the smallest input, with non-zero biases from folding.
+/// and odd sizes down to the smallest input, both stem strides, with non-zero biases from
+/// folding.
 #[cfg(feature = "flex")]
 #[test]
 fn host_backbone_pass_matches_the_layers() {
     use adcorre::backend::Flex;
     use adcorre::model::global_average_pool;
     let device = Default::default();
-    let config = AdCorreNetConfig::new().with_backbone(XceptionConfig::new().with_width(0.25).with_middle_blocks(2));
-    let net = common::calibrate(config.init::<Flex>(&device), 11).fold_batch_norm();
-    for (shape, seed) in [([1, 3, 75, 75], 1), ([3, 3, 71, 96], 2), ([2, 3, 7, 7], 3), ([1, 3, 8, 11], 4)] {
+    let backbone = XceptionConfig::new().with_width(0.25).with_middle_blocks(2);
+    let cases = [
+        (2, [1, 3, 75, 75], 1),
+        (2, [3, 3, 71, 96], 2),
+        (2, [2, 3, 7, 7], 3),
+        (2, [1, 3, 8, 11], 4),
+        (1, [2, 3, 48, 48], 5),
+        (1, [1, 3, 7, 9], 6),
+    ];
+    for (stem_stride, shape, seed) in cases {
+        let config = AdCorreNetConfig::new().with_backbone(backbone.clone().with_stem_stride(stem_stride));
+        let net = common::calibrate(config.init::<Flex>(&device), 11).fold_batch_norm();
         let images = test_images::<Flex>(shape, seed, &device);
         let layers = net.backbone.forward_with_taps(images.clone(), &mut |_, _| {});
         let pooled_layers = global_average_pool(layers.clone());

@@ -269,10 +269,11 @@ fn run<R>(
 fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut Scratch) -> Option<Map> {
     let [n, c, h, w] = dims;
 
-    // Block 1: two valid 3x3 convolutions (the first with stride 2), ReLU after each (applied
-    // by the layers that read their outputs).
-    let conv1 = dense_conv(&net.block1_conv1, 3, 2)?;
-    let s1 = MapShape { c: conv1.dims[0], n, h: (h - 3) / 2 + 1, w: (w - 3) / 2 + 1 };
+    // Block 1: two valid 3x3 convolutions (the first with the stem's stride, 2 in Keras), ReLU
+    // after each (applied by the layers that read their outputs).
+    let stem_stride = net.block1_conv1.conv.stride[0];
+    let conv1 = dense_conv(&net.block1_conv1, 3, stem_stride)?;
+    let s1 = MapShape { c: conv1.dims[0], n, h: (h - 3) / stem_stride + 1, w: (w - 3) / stem_stride + 1 };
     let conv2 = dense_conv(&net.block1_conv2, 3, 1)?;
     let s2 = MapShape { c: conv2.dims[0], n, h: s1.h - 2, w: s1.w - 2 };
     if conv1.dims[1] != c || conv2.dims[1] != s1.c {
@@ -280,7 +281,7 @@ fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut
     }
     let nchw = |channel: usize, image: usize| (image * c + channel) * h * w;
     let stem = slot(&mut scratch.maps[FILTERED], s1.len());
-    conv3x3(input, [h, w], nchw, 2, InputRead::default(), &conv1, s1, stem, &mut scratch.columns);
+    conv3x3(input, [h, w], nchw, stem_stride, InputRead::default(), &conv1, s1, stem, &mut scratch.columns);
     let cnhw = |channel: usize, image: usize| (channel * n + image) * s1.h * s1.w;
     let (stem, map) = read_write(&mut scratch.maps, FILTERED, MAP);
     let read = InputRead { bias: conv1.bias(), relu: true };

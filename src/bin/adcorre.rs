@@ -160,6 +160,19 @@ enum Command {
         /// Image files.
         images: Vec<PathBuf>,
     },
+    /// Find faces (MTCNN, weights shipped with adcorre): per image, each face's box
+    /// [x1, y1, x2, y2], probability and five landmarks (eyes, nose, mouth corners).
+    Faces {
+        /// Print JSON, one object per image.
+        #[arg(long)]
+        json: bool,
+        /// Smallest face side to find, in pixels.
+        #[arg(long, default_value_t = 20.0)]
+        min_face: f64,
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Per-class counts of a dataset split, and everything skipped with the reason.
     DatasetInfo {
         #[command(flatten)]
@@ -237,6 +250,10 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 16)]
         batch: usize,
+        /// Average each image's and its mirror image's probabilities (true / false; default:
+        /// what the model card says).
+        #[arg(long)]
+        test_time_flip: Option<bool>,
         #[arg(long, help = BACKEND_HELP)]
         backend: Option<String>,
     },
@@ -266,6 +283,7 @@ fn run(cli: Cli) -> Result<()> {
             backend,
             images,
         } => on_backend!(backend.as_deref(), predict(&model, json, embeddings, input_npy.as_deref(), batch, &images)),
+        Command::Faces { json, min_face, images } => faces(json, min_face, &images),
         Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
             source,
@@ -300,7 +318,7 @@ fn run(cli: Cli) -> Result<()> {
             train_config.devices = devices.unwrap_or(train_config.devices);
             train_config.max_per_class = max_per_class.or(train_config.max_per_class);
             if ce_only {
-                train_config.loss = adcorre::loss::AdCorreLossConfig::cross_entropy_only();
+                train_config.loss = train_config.loss.without_discriminators();
             }
             train(&source, &out, train_config, from.as_deref())
         }
@@ -310,8 +328,9 @@ fn run(cli: Cli) -> Result<()> {
             json,
             out,
             batch,
+            test_time_flip,
             backend,
-        } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch)),
+        } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch, test_time_flip)),
         Command::Bench(args) => bench(&args),
     }
 }
@@ -339,6 +358,24 @@ fn import_keras(input: &Path, _output: &Path) -> Result<()> {
         path: input.to_path_buf(),
         reason: "this build has no Keras import: rebuild with `--features keras`".into(),
     })
+}
+
+fn faces(json: bool, min_face: f64, images: &[PathBuf]) -> Result<()> {
+    use adcorre::detect::{FaceDetector, FaceDetectorConfig};
+    let detector = FaceDetector::<Cpu>::new(FaceDetectorConfig::new().with_min_face_size(min_face), &cpu_device())?;
+    for path in images {
+        let faces = detector.detect_file(path)?;
+        if json {
+            println!("{}", serde_json::json!({ "input": path.display().to_string(), "faces": faces }));
+        } else {
+            println!("{}: {} face{}", path.display(), faces.len(), if faces.len() == 1 { "" } else { "s" });
+            for face in &faces {
+                let [x1, y1, x2, y2] = face.bbox;
+                println!("  box [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}] probability {:.4}", face.probability);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn predict<B: AdCorreBackend>(
@@ -634,6 +671,7 @@ fn eval<B: AdCorreBackend>(
     json: bool,
     out: Option<&Path>,
     batch: usize,
+    test_time_flip: Option<bool>,
 ) -> Result<()> {
     use std::sync::Arc;
     let device = B::Device::default();
@@ -645,7 +683,14 @@ fn eval<B: AdCorreBackend>(
     let bar = progress_bar(loaded.len(), "decoding");
     let packed = adcorre::data::prepare(&loaded, side, channels, &|done| bar.set_position(done as u64))?;
     bar.finish_and_clear();
-    let metrics = adcorre::train::evaluate(&net, &Arc::new(packed), card.input_size, batch, &device)?;
+    let metrics = adcorre::train::evaluate(
+        &net,
+        &Arc::new(packed),
+        card.input_size,
+        batch,
+        test_time_flip.unwrap_or(card.test_time_flip),
+        &device,
+    )?;
     let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");
     if let Some(prefix) = out {
         let json_path = prefix.with_extension("json");

@@ -1,6 +1,7 @@
 //! Reading NumPy `.npy` / `.npz` arrays (the release's data and the test fixtures).
 
 use std::fs::File;
+use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
@@ -18,17 +19,30 @@ pub fn read_npy<T: ReadableElement>(path: &Path) -> Result<ArrayD<T>> {
     })
 }
 
-/// An open `.npz` archive whose arrays are read by name.
-pub struct NpzFile {
+/// An open `.npz` archive whose arrays are read by name, from a file or from memory.
+pub struct NpzFile<R: Read + Seek = File> {
     path: PathBuf,
-    reader: NpzReader<File>,
+    reader: NpzReader<R>,
 }
 
 impl NpzFile {
     /// Opens an `.npz` archive.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|err| AdCorreError::io(path, err))?;
-        let reader = NpzReader::new(file).map_err(|err| AdCorreError::Array {
+        NpzFile::new(path, file)
+    }
+}
+
+impl NpzFile<Cursor<&'static [u8]>> {
+    /// An archive embedded in the program; `name` stands for its path in errors.
+    pub fn embedded(name: &str, bytes: &'static [u8]) -> Result<Self> {
+        NpzFile::new(Path::new(name), Cursor::new(bytes))
+    }
+}
+
+impl<R: Read + Seek> NpzFile<R> {
+    fn new(path: &Path, source: R) -> Result<Self> {
+        let reader = NpzReader::new(source).map_err(|err| AdCorreError::Array {
             path: path.to_path_buf(),
             name: String::new(),
             reason: err.to_string(),
@@ -37,6 +51,16 @@ impl NpzFile {
             path: path.to_path_buf(),
             reader,
         })
+    }
+
+    /// The names of the archive's arrays (without `.npy`).
+    pub fn names(&mut self) -> Result<Vec<String>> {
+        let names = self.reader.names().map_err(|err| AdCorreError::Array {
+            path: self.path.clone(),
+            name: String::new(),
+            reason: err.to_string(),
+        })?;
+        Ok(names.into_iter().map(|name| name.trim_end_matches(".npy").to_string()).collect())
     }
 
     /// Reads the array `name` (with or without `.npy`) with element type `T`.

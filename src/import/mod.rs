@@ -1,7 +1,9 @@
-//! Import of weights trained elsewhere (the authors' Keras models), kept apart from the model.
+//! Import of weights trained elsewhere (the authors' Keras models, facenet-pytorch's MTCNN),
+//! kept apart from the models.
 
 #[cfg(feature = "keras")]
 pub mod keras;
+pub mod mtcnn;
 
 use std::collections::HashMap;
 

@@ -127,7 +127,7 @@ impl<B: AdCorreBackend> TestModels<B> {
     pub fn recognize_batch(&self, images: &[DynamicImage]) -> Result<Vec<Recognition>> {
         let mut results = Vec::with_capacity(images.len());
         for chunk in images.chunks(self.batch_size) {
-            let tensor = images_to_tensor::<B>(chunk, self.card.input_size, &self.device);
+            let tensor = images_to_tensor::<B>(chunk, self.card.input_size, self.card.grayscale, &self.device);
             results.extend(self.recognize_tensor(tensor)?);
         }
         Ok(results)
@@ -149,7 +149,11 @@ impl<B: AdCorreBackend> TestModels<B> {
     /// Recognises a prepared batch `[n, 3, h, w]` of RGB values in [0, 1].
     pub fn recognize_tensor(&self, images: Tensor<B, 4>) -> Result<Vec<Recognition>> {
         self.model.check_input(images.dims())?;
-        let out = self.model.forward(images);
+        let out = if self.card.test_time_flip {
+            self.model.forward_test_time_flip(images)
+        } else {
+            self.model.forward(images)
+        };
         let [batch, classes] = out.logits.dims();
         let [k, _, dim] = out.embeddings.dims();
         let probabilities = host_values(out.probabilities())?;
@@ -186,7 +190,8 @@ impl<B: AdCorreBackend> TestModels<B> {
     }
 }
 
-fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
+/// A network output on the host, every value finite (else a typed error).
+pub(crate) fn host_values<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>> {
     let values = tensor
         .into_data()
         .convert::<f32>()

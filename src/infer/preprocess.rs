@@ -42,15 +42,22 @@ pub fn image_to_chw(image: &DynamicImage, size: usize) -> Vec<f32> {
     chw
 }
 
-/// A batch of images as a `[n, 3, size, size]` tensor in [0, 1].
+/// A batch of images as a `[n, 3, size, size]` tensor in [0, 1]; with `grayscale`, each image
+/// is converted to luma first (the same value in all three channels), as models trained on
+/// grayscale faces expect.
 pub fn images_to_tensor<B: Backend>(
     images: &[DynamicImage],
     size: usize,
+    grayscale: bool,
     device: &B::Device,
 ) -> Tensor<B, 4> {
     let mut data = Vec::with_capacity(images.len() * 3 * size * size);
     for image in images {
-        data.extend(image_to_chw(image, size));
+        if grayscale {
+            data.extend(image_to_chw(&image.grayscale(), size));
+        } else {
+            data.extend(image_to_chw(image, size));
+        }
     }
     Tensor::from_data(TensorData::new(data, [images.len(), 3, size, size]), device)
 }

@@ -21,10 +21,25 @@ pub fn cross_entropy<B: Backend>(
     labels: &[usize],
     scale: CrossEntropyScale,
 ) -> Tensor<B, 1> {
+    smoothed_cross_entropy(logits, labels, scale, 0.0)
+}
+
+/// Cross-entropy against smoothed targets: `1 - smoothing + smoothing / C` on the label,
+/// `smoothing / C` elsewhere (Szegedy et al. 2016); `smoothing = 0` is [`cross_entropy`].
+pub fn smoothed_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[usize],
+    scale: CrossEntropyScale,
+    smoothing: f64,
+) -> Tensor<B, 1> {
     let [bs, c] = logits.dims();
     let device = logits.device();
     let log_probs = log_softmax(logits, 1);
-    let summed = (log_probs * one_hot::<B>(labels, c, &device)).sum().neg();
+    let mut targets = one_hot::<B>(labels, c, &device);
+    if smoothing > 0.0 {
+        targets = targets * (1.0 - smoothing) + smoothing / c as f64;
+    }
+    let summed = (log_probs * targets).sum().neg();
     let denominator = match scale {
         CrossEntropyScale::PerEntry => bs * c,
         CrossEntropyScale::PerSample => bs,

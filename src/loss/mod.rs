@@ -12,7 +12,7 @@ pub mod mean;
 
 pub use confusion::{adaptive_weights, ConfusionWindow};
 pub use correlation::pearson_correlation;
-pub use cross_entropy::{cross_entropy, CrossEntropyScale};
+pub use cross_entropy::{cross_entropy, smoothed_cross_entropy, CrossEntropyScale};
 pub use embedding::EmbeddingDiscriminator;
 pub use feature::FeatureDiscriminator;
 pub use mean::MeanDiscriminator;
@@ -43,6 +43,8 @@ pub struct AdCorreLossConfig {
     pub adaptive: bool,
     /// Number of recent (label, prediction) pairs in the confusion window.
     pub window: usize,
+    /// Label smoothing of the cross-entropy's targets (0 = one-hot, the release).
+    pub label_smoothing: f64,
 }
 
 impl Default for AdCorreLossConfig {
@@ -55,6 +57,7 @@ impl Default for AdCorreLossConfig {
             ed_weight: 1.0,
             adaptive: true,
             window: 1000,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -62,11 +65,17 @@ impl Default for AdCorreLossConfig {
 impl AdCorreLossConfig {
     /// Cross-entropy alone (the ablation baseline), with the same CE scaling and weight.
     pub fn cross_entropy_only() -> Self {
+        Self::default().without_discriminators()
+    }
+
+    /// This loss with the Feature, Mean and Embedding Discriminators off, everything else
+    /// (cross-entropy weight, scaling, label smoothing) kept: the ablation's other arm.
+    pub fn without_discriminators(self) -> Self {
         Self {
             fd_weight: 0.0,
             md_weight: 0.0,
             ed_weight: 0.0,
-            ..Self::default()
+            ..self
         }
     }
 
@@ -86,6 +95,12 @@ impl AdCorreLossConfig {
         }
         if self.window == 0 {
             return Err(AdCorreError::Config("window must be at least 1".into()));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(AdCorreError::Config(format!(
+                "label_smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            )));
         }
         Ok(())
     }
@@ -190,7 +205,7 @@ impl AdCorreLoss {
 
         let zero = || Tensor::<B, 1>::zeros([1], &device);
         let config = &self.config;
-        let ce = cross_entropy(logits, labels, config.ce_scale);
+        let ce = smoothed_cross_entropy(logits, labels, config.ce_scale, config.label_smoothing);
         let fd = if config.fd_weight > 0.0 {
             let weights = config.adaptive.then(|| {
                 let w = adaptive_weights(labels, &self.window.matrix(), num_classes);

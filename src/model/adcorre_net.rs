@@ -148,6 +148,24 @@ impl<B: AdCorreBackend> AdCorreNet<B> {
         self.backbone.forward_pooled(images)
     }
 
+    /// Test-time flip: the images and their mirror images run as one batch; logits are the
+    /// log of the two softmax outputs' mean (so their softmax is that mean), embeddings those
+    /// of the unmirrored images. `[batch, 3, h, w]` -> logits `[batch, classes]`, embeddings
+    /// `[k, batch, dim]`.
+    pub fn forward_test_time_flip(&self, images: Tensor<B, 4>) -> AdCorreOutput<B> {
+        let batch = images.dims()[0];
+        let both = Tensor::cat(vec![images.clone(), images.flip([3])], 0);
+        let output = self.forward(both);
+        let probabilities = output.probabilities();
+        let [_, classes] = probabilities.dims();
+        let mean = (probabilities.clone().slice([0..batch, 0..classes]) + probabilities.slice([batch..2 * batch, 0..classes])) / 2.0;
+        let [k, _, dim] = output.embeddings.dims();
+        AdCorreOutput {
+            logits: mean.log(),
+            embeddings: output.embeddings.slice([0..k, 0..batch, 0..dim]),
+        }
+    }
+
     /// Images `[batch, 3, h, w]` -> softmax probabilities `[batch, classes]`.
     pub fn probabilities(&self, images: Tensor<B, 4>) -> Tensor<B, 2> {
         self.forward(images).probabilities()
@@ -211,4 +229,32 @@ pub fn global_average_pool<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 2> {
     x.reshape([batch, channels, height * width])
         .mean_dim(2)
         .reshape([batch, channels])
+}
+
+/// Deserialises an [`AdCorreNetConfig`] in which fields that files written before they
+/// existed lack take their defaults (Burn's config derive would reject a missing field);
+/// for `#[serde(deserialize_with)]` in model cards and training configs.
+pub fn network_with_defaults<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<AdCorreNetConfig, D::Error> {
+    use serde::Deserialize;
+    let written = serde_json::Value::deserialize(deserializer)?;
+    let mut merged = serde_json::to_value(AdCorreNetConfig::new()).map_err(serde::de::Error::custom)?;
+    merge_json(&mut merged, written);
+    serde_json::from_value(merged).map_err(serde::de::Error::custom)
+}
+
+/// Overwrites `base` with every value present in `update`, recursing into objects.
+fn merge_json(base: &mut serde_json::Value, update: serde_json::Value) {
+    match (base, update) {
+        (serde_json::Value::Object(base), serde_json::Value::Object(update)) => {
+            for (key, value) in update {
+                match base.get_mut(&key) {
+                    Some(slot) => merge_json(slot, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (slot, value) => *slot = value,
+    }
 }

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use serde::{Deserialize, Serialize};
 
-use super::adcorre_net::{AdCorreNet, AdCorreNetConfig, AdCorreNetRecord};
+use super::adcorre_net::{network_with_defaults, AdCorreNet, AdCorreNetConfig, AdCorreNetRecord};
 use crate::atomic_file::write_atomically;
 use crate::backend::AdCorreBackend;
 use crate::data::Expression;
@@ -21,6 +21,7 @@ pub const MODEL_FORMAT: &str = "adcorre-model/1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCard {
     /// The architecture, enough to rebuild the network.
+    #[serde(deserialize_with = "network_with_defaults")]
     pub network: AdCorreNetConfig,
     /// Side of the square input images, in pixels (224 for the published models).
     pub input_size: usize,
@@ -28,6 +29,14 @@ pub struct ModelCard {
     pub value_range: [f32; 2],
     /// Channel order of the input ("RGB").
     pub channel_order: String,
+    /// Trained on grayscale faces (FER-2013): colour input is converted to luma, replicated to
+    /// the three channels, before it is fed.
+    #[serde(default)]
+    pub grayscale: bool,
+    /// Predictions average the image's and its mirror image's probabilities (test-time flip;
+    /// twice the compute).
+    #[serde(default)]
+    pub test_time_flip: bool,
     /// Class names in label order.
     pub class_names: Vec<String>,
     /// Where the weights came from (training run, imported file, ...), free text.
@@ -48,6 +57,8 @@ impl ModelCard {
             input_size: 224,
             value_range: [0.0, 1.0],
             channel_order: "RGB".to_string(),
+            grayscale: false,
+            test_time_flip: false,
             class_names,
             source: String::new(),
         }
@@ -56,6 +67,18 @@ impl ModelCard {
     /// Sets the input size.
     pub fn with_input_size(mut self, input_size: usize) -> Self {
         self.input_size = input_size;
+        self
+    }
+
+    /// Marks the model as trained on grayscale input.
+    pub fn with_grayscale(mut self, grayscale: bool) -> Self {
+        self.grayscale = grayscale;
+        self
+    }
+
+    /// Sets whether predictions use the test-time flip.
+    pub fn with_test_time_flip(mut self, test_time_flip: bool) -> Self {
+        self.test_time_flip = test_time_flip;
         self
     }
 
@@ -147,34 +170,10 @@ pub fn model_from_bytes<B: AdCorreBackend>(
     Ok((model, card))
 }
 
-/// Reads a card, filling architecture fields that files written before those fields existed
-/// lack with their defaults (Burn's config derive would reject a missing field).
+/// Reads a card (architecture fields missing from files written before they existed take
+/// their defaults, see [`network_with_defaults`]).
 fn parse_card(json: &str) -> std::result::Result<ModelCard, String> {
-    let mut card: serde_json::Value =
-        serde_json::from_str(json).map_err(|err| format!("bad model card: {err}"))?;
-    if let Some(network) = card.get_mut("network") {
-        let mut merged = serde_json::to_value(AdCorreNetConfig::new()).expect("config serialises");
-        merge_json(&mut merged, network.take());
-        *network = merged;
-    }
-    serde_json::from_value(card).map_err(|err| format!("bad model card: {err}"))
-}
-
-/// Overwrites `base` with every value present in `update`, recursing into objects.
-fn merge_json(base: &mut serde_json::Value, update: serde_json::Value) {
-    match (base, update) {
-        (serde_json::Value::Object(base), serde_json::Value::Object(update)) => {
-            for (key, value) in update {
-                match base.get_mut(&key) {
-                    Some(slot) => merge_json(slot, value),
-                    None => {
-                        base.insert(key, value);
-                    }
-                }
-            }
-        }
-        (slot, value) => *slot = value,
-    }
+    serde_json::from_str(json).map_err(|err| format!("bad model card: {err}"))
 }
 
 /// The number of values in the network's tensors, trainable and running statistics alike

@@ -32,6 +32,7 @@ pub const ARCHITECTURES: [&str; 1] = ["xcp"];
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// The network (the published architecture by default).
+    #[serde(deserialize_with = "crate::model::adcorre_net::network_with_defaults")]
     pub network: AdCorreNetConfig,
     /// The loss (CE x 50 + adaptive FD + MD + ED by default).
     pub loss: AdCorreLossConfig,
@@ -41,8 +42,11 @@ pub struct TrainConfig {
     pub batch_size: usize,
     /// Adam learning rate (1e-3 as the release).
     pub learning_rate: f64,
-    /// Keras-style decay: `lr / (1 + decay * step)` (1e-5 as the release).
+    /// Keras-style decay: `lr / (1 + decay * step)` (1e-5 as the release); used by the
+    /// `keras_decay` schedule.
     pub lr_decay: f64,
+    /// How the learning rate moves over the run (the release's Keras decay by default).
+    pub lr_schedule: LrSchedule,
     /// Network input side; images are resized to it.
     pub input_size: usize,
     /// Training augmentation (`None` = resize only).
@@ -78,6 +82,7 @@ impl Default for TrainConfig {
             batch_size: 50,
             learning_rate: 1e-3,
             lr_decay: 1e-5,
+            lr_schedule: LrSchedule::KerasDecay,
             input_size: 224,
             augmentation: Some(Augmentation::default()),
             class_balanced: false,
@@ -126,10 +131,35 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// The learning rate at `step` (Keras' time-based decay).
-    pub fn learning_rate_at(&self, step: usize) -> f64 {
-        self.learning_rate / (1.0 + self.lr_decay * step as f64)
+    /// The learning rate at `step` of a run of `total_steps` steps.
+    pub fn learning_rate_at(&self, step: usize, total_steps: usize) -> f64 {
+        match self.lr_schedule {
+            LrSchedule::KerasDecay => self.learning_rate / (1.0 + self.lr_decay * step as f64),
+            LrSchedule::Cosine { warmup_steps } => {
+                if step < warmup_steps {
+                    return self.learning_rate * (step + 1) as f64 / warmup_steps as f64;
+                }
+                let span = total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                let progress = ((step - warmup_steps) as f64 / span).min(1.0);
+                self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
     }
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// Keras' time-based decay `lr / (1 + lr_decay * step)` (the release).
+    #[default]
+    KerasDecay,
+    /// Linear warm-up over `warmup_steps`, then a half cosine from `learning_rate` to 0 at
+    /// the last step of the configured epochs.
+    Cosine {
+        /// Steps of the linear warm-up from `learning_rate / warmup_steps`.
+        warmup_steps: usize,
+    },
 }
 
 /// What a finished run reports.
@@ -334,18 +364,25 @@ pub fn device_by_index<B: Backend>(index: usize) -> B::Device {
     B::Device::from_id(DeviceId::new(0, index as u16))
 }
 
-/// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation).
+/// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation), with the
+/// test-time flip if asked ([`AdCorreNet::forward_test_time_flip`]).
 pub fn evaluate<B: AdCorreBackend>(
     model: &AdCorreNet<B>,
     data: &Arc<PackedImages>,
     input_size: usize,
     batch_size: usize,
+    test_time_flip: bool,
     device: &B::Device,
 ) -> Result<EvalMetrics> {
     let dataset = FaceDataset::new(data.clone(), FaceDatasetConfig::eval(input_size));
     let mut confusion = ConfusionMatrix::new(model.num_classes());
     for batch in face_loader::<B>(dataset, batch_size, 0, device).iter() {
-        let predictions = argmax_rows(model.forward(batch.images).logits);
+        let output = if test_time_flip {
+            model.forward_test_time_flip(batch.images)
+        } else {
+            model.forward(batch.images)
+        };
+        let predictions = argmax_rows(output.logits);
         confusion.add(&batch.labels, &predictions)?;
     }
     Ok(confusion.metrics())

@@ -106,6 +106,7 @@ impl TrainingRun {
                 };
                 let card = ModelCard::new(network.clone())
                     .with_input_size(config.input_size)
+                    .with_grayscale(train.channels == 1)
                     .with_source(format!("adcorre training on {}", self.dataset_name));
                 let state = ResumeState {
                     epochs_done: 0,
@@ -166,7 +167,7 @@ impl TrainingRun {
                 if budget_spent() {
                     break;
                 }
-                let learning_rate = config.learning_rate_at(state.step);
+                let learning_rate = config.learning_rate_at(state.step, config.epochs * steps_per_epoch);
                 let loss = &mut state.loss;
                 let (next, output) = B::run_step(|| engine.step(batch.images, &batch.labels, learning_rate, loss));
                 engine = next;
@@ -215,7 +216,7 @@ impl TrainingRun {
             let (model, optimizer) = engine.current(&mut state.loss)?;
             let inner = model.valid().fold_batch_norm();
             let inner_device = inner.devices()[0].clone();
-            let metrics = evaluate(&inner, &eval, config.input_size, config.eval_batch_size, &inner_device)?;
+            let metrics = evaluate(&inner, &eval, config.input_size, config.eval_batch_size, false, &inner_device)?;
             let name = format!("{}_{}_AC_{:.4}", epoch + 1, self.dataset_name, metrics.accuracy);
             save_checkpoint(&model, &card, &self.out_dir.join(format!("{name}.mpk")))?;
             let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
