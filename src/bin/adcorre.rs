@@ -101,6 +101,9 @@ struct BenchArgs {
     /// Embedding heads k of the untrained network (the PyTorch peer script uses 10).
     #[arg(long, default_value_t = 7)]
     heads: usize,
+    /// Time face detection (MTCNN) of this image instead (decoded once, not timed).
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["model", "config", "train"])]
+    detect: Option<PathBuf>,
     #[arg(long, help = BACKEND_HELP)]
     backend: Option<String>,
 }
@@ -155,6 +158,14 @@ enum Command {
         /// Images per forward pass.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// Find the faces in each image first (MTCNN) and recognise each face, cropped as the
+        /// model card says; without it, each whole image is one face (the release's behaviour).
+        #[arg(long, conflicts_with = "input_npy")]
+        faces: bool,
+        /// With --faces: draw boxes, landmarks and expressions onto the image and write it to
+        /// this PNG file (one image) or into this folder as NAME_faces.png (several images).
+        #[arg(long, requires = "faces", value_name = "OUT")]
+        annotate: Option<PathBuf>,
         #[arg(long, help = BACKEND_HELP)]
         backend: Option<String>,
         /// Image files.
@@ -169,6 +180,10 @@ enum Command {
         /// Smallest face side to find, in pixels.
         #[arg(long, default_value_t = 20.0)]
         min_face: f64,
+        /// Draw boxes, landmarks and probabilities onto the image and write it to this PNG file
+        /// (one image) or into this folder as NAME_faces.png (several images).
+        #[arg(long, value_name = "OUT")]
+        annotate: Option<PathBuf>,
         /// Image files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
@@ -280,10 +295,19 @@ fn run(cli: Cli) -> Result<()> {
             embeddings,
             input_npy,
             batch,
+            faces,
+            annotate,
             backend,
             images,
-        } => on_backend!(backend.as_deref(), predict(&model, json, embeddings, input_npy.as_deref(), batch, &images)),
-        Command::Faces { json, min_face, images } => faces(json, min_face, &images),
+        } => {
+            let output = PredictOutput { json, embeddings, annotate };
+            if faces {
+                on_backend!(backend.as_deref(), predict_faces(&model, &output, batch, &images))
+            } else {
+                on_backend!(backend.as_deref(), predict(&model, &output, input_npy.as_deref(), batch, &images))
+            }
+        }
+        Command::Faces { json, min_face, annotate, images } => faces(json, min_face, annotate.as_deref(), &images),
         Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
             source,
@@ -360,11 +384,12 @@ fn import_keras(input: &Path, _output: &Path) -> Result<()> {
     })
 }
 
-fn faces(json: bool, min_face: f64, images: &[PathBuf]) -> Result<()> {
+fn faces(json: bool, min_face: f64, annotate: Option<&Path>, images: &[PathBuf]) -> Result<()> {
     use adcorre::detect::{FaceDetector, FaceDetectorConfig};
     let detector = FaceDetector::<Cpu>::new(FaceDetectorConfig::new().with_min_face_size(min_face), &cpu_device())?;
     for path in images {
-        let faces = detector.detect_file(path)?;
+        let image = adcorre::infer::preprocess::open_image(path)?;
+        let faces = detector.detect(&image)?;
         if json {
             println!("{}", serde_json::json!({ "input": path.display().to_string(), "faces": faces }));
         } else {
@@ -374,14 +399,123 @@ fn faces(json: bool, min_face: f64, images: &[PathBuf]) -> Result<()> {
                 println!("  box [{x1:.1}, {y1:.1}, {x2:.1}, {y2:.1}] probability {:.4}", face.probability);
             }
         }
+        if let Some(out) = annotate {
+            let labels: Vec<String> = faces.iter().map(|f| format!("{:.1}%", 100.0 * f.probability)).collect();
+            write_annotated(&image, &faces, &labels, out, path, images.len())?;
+        }
+    }
+    Ok(())
+}
+
+/// How `predict` reports.
+struct PredictOutput {
+    json: bool,
+    embeddings: bool,
+    annotate: Option<PathBuf>,
+}
+
+/// The JSON of one recognition: expression, label, probabilities by class (and embeddings).
+fn recognition_json(recognition: &Recognition, with_embeddings: bool) -> serde_json::Map<String, serde_json::Value> {
+    let mut object = serde_json::Map::new();
+    object.insert("expression".into(), serde_json::json!(recognition.expression));
+    object.insert("label".into(), serde_json::json!(recognition.label));
+    object.insert(
+        "probabilities".into(),
+        serde_json::Value::Object(
+            recognition
+                .probabilities
+                .iter()
+                .map(|c| (c.name.clone(), serde_json::json!(c.probability)))
+                .collect(),
+        ),
+    );
+    if with_embeddings {
+        object.insert("embeddings".into(), serde_json::json!(recognition.embeddings));
+    }
+    object
+}
+
+/// The three most probable classes, as "Happy 0.912, Neutral 0.051, ...".
+fn top_classes(recognition: &Recognition) -> String {
+    let mut ranked = recognition.probabilities.clone();
+    ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    let top: Vec<String> = ranked.iter().take(3).map(|c| format!("{} {:.3}", c.name, c.probability)).collect();
+    top.join(", ")
+}
+
+/// Writes `image` with the faces drawn on it: to `out` for a single image, else into the folder
+/// `out` as `<stem>_faces.png`.
+fn write_annotated(
+    image: &image::DynamicImage,
+    faces: &[adcorre::detect::DetectedFace],
+    labels: &[String],
+    out: &Path,
+    source: &Path,
+    image_count: usize,
+) -> Result<()> {
+    let target = if image_count == 1 && out.extension().is_some() {
+        out.to_path_buf()
+    } else {
+        std::fs::create_dir_all(out).map_err(|err| AdCorreError::io(out, err))?;
+        let stem = source.file_stem().unwrap_or_default().to_string_lossy();
+        out.join(format!("{stem}_faces.png"))
+    };
+    let drawn = adcorre::detect::annotate::annotate(&image.to_rgb8(), faces, labels);
+    let mut bytes = Vec::new();
+    drawn
+        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .map_err(|err| AdCorreError::Image { path: target.clone(), reason: err.to_string() })?;
+    adcorre::atomic_file::write_atomically(&target, &bytes)
+}
+
+fn predict_faces<B: AdCorreBackend>(model: &Path, output: &PredictOutput, batch: usize, images: &[PathBuf]) -> Result<()> {
+    if images.is_empty() {
+        return Err(AdCorreError::Config("nothing to predict: give image files".into()));
+    }
+    let device = B::Device::default();
+    let models = TestModels::<B>::load(model, &device)?.with_batch_size(batch);
+    for path in images {
+        let image = adcorre::infer::preprocess::open_image(path)?;
+        let found = models.recognize_faces_in_image(&image)?;
+        if output.json {
+            let faces: Vec<serde_json::Value> = found
+                .iter()
+                .map(|f| {
+                    let mut object = serde_json::Map::new();
+                    object.insert("box".into(), serde_json::json!(f.face.bbox));
+                    object.insert("probability".into(), serde_json::json!(f.face.probability));
+                    object.insert("landmarks".into(), serde_json::json!(f.face.landmarks));
+                    object.extend(recognition_json(&f.recognition, output.embeddings));
+                    serde_json::Value::Object(object)
+                })
+                .collect();
+            println!("{}", serde_json::json!({ "input": path.display().to_string(), "faces": faces }));
+        } else {
+            println!("{}: {} face{}", path.display(), found.len(), if found.len() == 1 { "" } else { "s" });
+            for f in &found {
+                let [x1, y1, x2, y2] = f.face.bbox;
+                println!(
+                    "  [{x1:.0}, {y1:.0}, {x2:.0}, {y2:.0}]: {}  ({})",
+                    f.recognition.expression,
+                    top_classes(&f.recognition)
+                );
+            }
+        }
+        if let Some(out) = &output.annotate {
+            let faces: Vec<_> = found.iter().map(|f| f.face.clone()).collect();
+            let labels: Vec<String> = found
+                .iter()
+                .map(|f| format!("{} {:.0}%", f.recognition.expression, 100.0 * f.recognition.confidence()))
+                .collect();
+            write_annotated(&image, &faces, &labels, out, path, images.len())?;
+        }
     }
     Ok(())
 }
 
 fn predict<B: AdCorreBackend>(
     model: &Path,
-    json: bool,
-    with_embeddings: bool,
+    output: &PredictOutput,
     input_npy: Option<&Path>,
     batch: usize,
     images: &[PathBuf],
@@ -419,30 +553,13 @@ fn predict<B: AdCorreBackend>(
         return Err(AdCorreError::Config("nothing to predict: give image files or --input-npy".into()));
     }
     for (input, recognition) in &results {
-        if json {
-            let mut object = serde_json::json!({
-                "input": input,
-                "expression": recognition.expression,
-                "label": recognition.label,
-                "probabilities": recognition
-                    .probabilities
-                    .iter()
-                    .map(|c| (c.name.clone(), serde_json::json!(c.probability)))
-                    .collect::<serde_json::Map<_, _>>(),
-            });
-            if with_embeddings {
-                object["embeddings"] = serde_json::json!(recognition.embeddings);
-            }
-            println!("{object}");
+        if output.json {
+            let mut object = serde_json::Map::new();
+            object.insert("input".into(), serde_json::json!(input));
+            object.extend(recognition_json(recognition, output.embeddings));
+            println!("{}", serde_json::Value::Object(object));
         } else {
-            let mut ranked = recognition.probabilities.clone();
-            ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
-            let top: Vec<String> = ranked
-                .iter()
-                .take(3)
-                .map(|c| format!("{} {:.3}", c.name, c.probability))
-                .collect();
-            println!("{input}: {}  ({})", recognition.expression, top.join(", "));
+            println!("{input}: {}  ({})", recognition.expression, top_classes(recognition));
         }
     }
     Ok(())
@@ -481,8 +598,31 @@ fn process_cpu_seconds() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Median time of face detection of one image.
+fn bench_detect<B: AdCorreBackend>(args: &BenchArgs, path: &Path) -> Result<()> {
+    use adcorre::detect::{FaceDetector, FaceDetectorConfig};
+    let detector = FaceDetector::<B>::new(FaceDetectorConfig::new(), &B::Device::default())?;
+    let image = adcorre::infer::preprocess::open_image(path)?;
+    let faces = detector.detect(&image)?.len();
+    let (median, cores) = median_seconds(args.iters, || detector.detect(&image).map(|_| ()))?;
+    let (width, height) = (image.width(), image.height());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "image": path.display().to_string(), "width": width, "height": height,
+                "faces": faces, "ms_per_image": median * 1e3, "cores_busy": cores })
+        );
+    } else {
+        println!("face detection of {} ({width}x{height}, {faces} faces): {:.1} ms", path.display(), median * 1e3);
+    }
+    Ok(())
+}
+
 fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
     use adcorre::backend::Autodiff;
+    if let Some(path) = &args.detect {
+        return bench_detect::<B>(args, path);
+    }
     use adcorre::model::{AdCorreNetConfig, ModelCard};
     use burn::optim::{GradientsParams, Optimizer};
     use burn::tensor::{Distribution, Tensor};

@@ -26,7 +26,8 @@ pub enum FaceCrop {
     /// The square around the box's centre whose side is the box's longer side times
     /// `1 + margin`; pixels outside the image repeat its edge.
     Box {
-        /// Extra side, as a fraction of the box's longer side (0.2 = 10 % on each side).
+        /// Extra side, as a fraction of the box's longer side (0.2 = 10 % on each side;
+        /// negative values crop inside the box).
         margin: f32,
     },
     /// The similarity transform (rotation, uniform scale, shift) that best maps the landmarks
@@ -37,13 +38,25 @@ pub enum FaceCrop {
     },
 }
 
+/// The detector's box as it is (a model card without a crop, e.g. the authors' models trained
+/// on AffectNet's face boxes, gets this).
 impl Default for FaceCrop {
     fn default() -> Self {
-        FaceCrop::Box { margin: 0.2 }
+        FaceCrop::Box { margin: 0.0 }
     }
 }
 
 impl FaceCrop {
+    /// Checks that the crop has a positive size.
+    pub fn validate(&self) -> crate::Result<()> {
+        let (FaceCrop::Box { margin } | FaceCrop::Aligned { margin }) = *self;
+        if margin.is_finite() && margin > -0.9 {
+            Ok(())
+        } else {
+            Err(crate::AdCorreError::Config(format!("face crop margin must be above -0.9, got {margin}")))
+        }
+    }
+
     /// The affine map `[a, b, tx, c, d, ty]` from output pixel centres `(u, v)` of a
     /// `size x size` crop to image coordinates `(a u + b v + tx, c u + d v + ty)`.
     pub fn output_to_image(&self, face: &DetectedFace, size: usize) -> [f32; 6] {

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod align;
+pub mod annotate;
 pub mod cascade;
 pub mod networks;
 

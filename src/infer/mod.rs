@@ -12,6 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{cpu_device, AdCorreBackend, Cpu};
 use crate::data::Expression;
 use crate::error::{AdCorreError, Result};
+use crate::detect::align::FaceCrop;
+use crate::detect::{DetectedFace, FaceDetector, FaceDetectorConfig};
 use crate::model::{load_model, AdCorreNet, ModelCard};
 use preprocess::{images_to_tensor, open_image};
 
@@ -67,6 +69,16 @@ pub struct TestModels<B: AdCorreBackend = Cpu> {
     card: ModelCard,
     device: B::Device,
     batch_size: usize,
+    face_detector: std::sync::OnceLock<FaceDetector<B>>,
+}
+
+/// One face of a photo: where the detector found it, and what the model recognised in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaceRecognition {
+    /// Box, probability and landmarks of the face.
+    pub face: DetectedFace,
+    /// The expression recognised in the face's crop.
+    pub recognition: Recognition,
 }
 
 impl TestModels<Cpu> {
@@ -92,7 +104,25 @@ impl<B: AdCorreBackend> TestModels<B> {
             card,
             device: device.clone(),
             batch_size: 8,
+            face_detector: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Uses `detector` for [`TestModels::recognize_faces`] (default: MTCNN with the reference
+    /// settings, created on first use).
+    pub fn with_face_detector(self, detector: FaceDetector<B>) -> Self {
+        let face_detector = std::sync::OnceLock::new();
+        let _ = face_detector.set(detector);
+        Self { face_detector, ..self }
+    }
+
+    /// The face detector of [`TestModels::recognize_faces`].
+    pub fn face_detector(&self) -> Result<&FaceDetector<B>> {
+        if let Some(detector) = self.face_detector.get() {
+            return Ok(detector);
+        }
+        let detector = FaceDetector::new(FaceDetectorConfig::new(), &self.device)?;
+        Ok(self.face_detector.get_or_init(|| detector))
     }
 
     /// Sets how many images go through the network at once (default 8).
@@ -131,6 +161,70 @@ impl<B: AdCorreBackend> TestModels<B> {
             results.extend(self.recognize_tensor(tensor)?);
         }
         Ok(results)
+    }
+
+    /// Finds every face of a photo and recognises each one's expression (largest face first;
+    /// none found: an empty list). Each face is cropped as the model card says
+    /// ([`ModelCard::face_crop`]); all faces of the photo go through the network as one batch.
+    /// [`TestModels::recognize_fer`] keeps the release's meaning: the whole image as one face.
+    pub fn recognize_faces(&self, path: impl AsRef<Path>) -> Result<Vec<FaceRecognition>> {
+        self.recognize_faces_in_image(&open_image(path.as_ref())?)
+    }
+
+    /// [`TestModels::recognize_faces`] on a decoded image.
+    pub fn recognize_faces_in_image(&self, image: &DynamicImage) -> Result<Vec<FaceRecognition>> {
+        let faces = self.face_detector()?.detect(image)?;
+        self.recognize_detected(image, &faces)
+    }
+
+    /// [`TestModels::recognize_faces`] on several decoded images, in order.
+    pub fn recognize_faces_in_images(&self, images: &[DynamicImage]) -> Result<Vec<Vec<FaceRecognition>>> {
+        images.iter().map(|image| self.recognize_faces_in_image(image)).collect()
+    }
+
+    /// Recognises faces found elsewhere (your own detector, or detections kept from an earlier
+    /// call, so nothing is detected twice): each is cropped as the model card says.
+    pub fn recognize_detected(&self, image: &DynamicImage, faces: &[DetectedFace]) -> Result<Vec<FaceRecognition>> {
+        if faces.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rgb = image.to_rgb8();
+        let size = self.card.input_size;
+        let crops: Vec<DynamicImage> = faces
+            .iter()
+            .map(|face| DynamicImage::ImageRgb8(self.card.face_crop.crop(&rgb, face, size)))
+            .collect();
+        let tensor = images_to_tensor::<B>(&crops, size, self.card.grayscale, &self.device);
+        let recognitions = self.recognize_tensor(tensor)?;
+        Ok(faces
+            .iter()
+            .cloned()
+            .zip(recognitions)
+            .map(|(face, recognition)| FaceRecognition { face, recognition })
+            .collect())
+    }
+
+    /// Recognises the faces in your own boxes `[x1, y1, x2, y2]` (image pixels), cropped as the
+    /// model card's box crop says. A model that expects aligned crops needs landmarks: use
+    /// [`TestModels::recognize_detected`].
+    pub fn recognize_boxes(&self, image: &DynamicImage, boxes: &[[f32; 4]]) -> Result<Vec<FaceRecognition>> {
+        if let FaceCrop::Aligned { .. } = self.card.face_crop {
+            return Err(AdCorreError::Config(
+                "this model expects aligned face crops, which need landmarks: pass DetectedFace values to recognize_detected".into(),
+            ));
+        }
+        let faces: Vec<DetectedFace> = boxes
+            .iter()
+            .map(|&bbox| {
+                let [x1, y1, x2, y2] = bbox;
+                let (cx, cy) = ((x1 + x2) / 2.0, (y1 + y2) / 2.0);
+                DetectedFace { bbox, probability: 1.0, landmarks: [[cx, cy]; 5] }
+            })
+            .collect();
+        if let Some(bad) = boxes.iter().find(|b| !b.iter().all(|v| v.is_finite()) || b[2] <= b[0] || b[3] <= b[1]) {
+            return Err(AdCorreError::Config(format!("face box {bad:?} is not [x1, y1, x2, y2] with x2 > x1 and y2 > y1")));
+        }
+        self.recognize_detected(image, &faces)
     }
 
     /// Recognises image files, in order; the first unreadable file is an error naming it.

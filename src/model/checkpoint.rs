@@ -12,6 +12,7 @@ use super::adcorre_net::{network_with_defaults, AdCorreNet, AdCorreNetConfig, Ad
 use crate::atomic_file::write_atomically;
 use crate::backend::AdCorreBackend;
 use crate::data::Expression;
+use crate::detect::align::FaceCrop;
 use crate::error::{AdCorreError, Result};
 
 /// Identifies the file format; bumped on incompatible changes.
@@ -37,6 +38,10 @@ pub struct ModelCard {
     /// twice the compute).
     #[serde(default)]
     pub test_time_flip: bool,
+    /// How a detected face becomes this model's input (the crop it was trained on), for
+    /// [`crate::infer::TestModels::recognize_faces`].
+    #[serde(default)]
+    pub face_crop: FaceCrop,
     /// Class names in label order.
     pub class_names: Vec<String>,
     /// Where the weights came from (training run, imported file, ...), free text.
@@ -59,6 +64,7 @@ impl ModelCard {
             channel_order: "RGB".to_string(),
             grayscale: false,
             test_time_flip: false,
+            face_crop: FaceCrop::default(),
             class_names,
             source: String::new(),
         }
@@ -82,6 +88,12 @@ impl ModelCard {
         self
     }
 
+    /// Sets the face crop the model expects.
+    pub fn with_face_crop(mut self, face_crop: FaceCrop) -> Self {
+        self.face_crop = face_crop;
+        self
+    }
+
     /// Sets the provenance text.
     pub fn with_source(mut self, source: impl Into<String>) -> Self {
         self.source = source.into();
@@ -90,6 +102,7 @@ impl ModelCard {
 
     fn validate(&self) -> Result<()> {
         self.network.validate()?;
+        self.face_crop.validate()?;
         if self.class_names.len() != self.network.num_classes {
             return Err(AdCorreError::Config(format!(
                 "{} class names for {} classes",
