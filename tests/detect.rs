@@ -32,7 +32,7 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
     assert!(error <= 1e-5, "{what}: largest difference {error:e}");
 }
 
-fn networks_match_facenet_pytorch<B: Backend>(device: &B::Device) {
+fn networks_match_facenet_pytorch<B: adcorre::backend::AdCorreBackend>(device: &B::Device) {
     let nets = Mtcnn::<B>::shipped(device).unwrap();
     let (regression, probability) = nets.pnet.forward(fixture_tensor::<B>("pnet_input.npy", device));
     assert_eq!(regression.dims(), [2, 4, 14, 22]);

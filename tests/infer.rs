@@ -223,3 +223,77 @@ fn cli_imports_keras_and_predicts() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("README.md"));
 }
+
+/// The model that ships with the crate recognises FER-2013 faces as a user would feed them
+/// (JPEG files through `recognize_files`): at least 50 % of 350 PublicTest faces (50 per
+/// class), far above the 14 % of chance; wrong class order, colour handling or input size
+/// would fail this.
+#[cfg(feature = "shipped-model")]
+#[test]
+fn the_shipped_model_recognises_fer2013_faces() {
+    let models = TestModels::shipped().unwrap().with_batch_size(64);
+    let card = models.card();
+    assert_eq!((card.input_size, card.grayscale, card.network.num_classes), (48, true, 7));
+    let folders = [
+        ("angry", "Anger"),
+        ("disgust", "Disgust"),
+        ("fear", "Fear"),
+        ("happy", "Happy"),
+        ("neutral", "Neutral"),
+        ("sad", "Sad"),
+        ("surprise", "Surprise"),
+    ];
+    let (mut files, mut expected) = (Vec::new(), Vec::new());
+    for (folder, name) in folders {
+        let dir = Path::new("../shared/data/fer2013/test").join(folder);
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("PublicTest_"))
+            .collect();
+        found.sort();
+        for file in found.into_iter().take(50) {
+            files.push(file);
+            expected.push(name);
+        }
+    }
+    let recognitions = models.recognize_files(&files).unwrap();
+    let correct = recognitions.iter().zip(&expected).filter(|(r, name)| r.expression == **name).count();
+    let accuracy = correct as f64 / files.len() as f64;
+    println!("shipped model: {correct} of {} PublicTest faces ({:.1} %)", files.len(), 100.0 * accuracy);
+    assert!(accuracy >= 0.5, "accuracy {accuracy}");
+}
+
+/// `adcorre predict` without --model uses the shipped model; `adcorre card` shows a card and
+/// writes a copy with changed entries.
+#[cfg(feature = "shipped-model")]
+#[test]
+fn cli_predicts_with_the_shipped_model_and_edits_cards() {
+    let face = fer_image("happy");
+    let out = adcorre(&["predict", "--json", face.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shipped = TestModels::shipped().unwrap().recognize_fer(&face).unwrap();
+    assert_eq!(printed["expression"], shipped.expression.as_str());
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = small_model(dir.path());
+    let changed = dir.path().join("changed.mpk");
+    let out = adcorre(&[
+        "card",
+        model.to_str().unwrap(),
+        "--set-test-time-flip",
+        "true",
+        "--set-face-crop",
+        "aligned:0.25",
+        "--out",
+        changed.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let card = TestModels::new(&changed).unwrap().card().clone();
+    assert!(card.test_time_flip);
+    assert_eq!(card.face_crop, adcorre::detect::align::FaceCrop::Aligned { margin: 0.25 });
+    let out = adcorre(&["card", model.to_str().unwrap(), "--set-face-crop", "square:1"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("box:MARGIN"), "{}", String::from_utf8_lossy(&out.stderr));
+}

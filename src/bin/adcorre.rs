@@ -143,9 +143,10 @@ enum Command {
     },
     /// Recognise the expression in face images (or a prepared .npy batch).
     Predict {
-        /// The model: .mpk (or .h5 with the keras feature).
+        /// The model: .mpk (or .h5 with the keras feature); default: the FER-2013 model that
+        /// ships with adcorre (48x48 grayscale faces; see models/README.md).
         #[arg(long)]
-        model: PathBuf,
+        model: Option<PathBuf>,
         /// Print JSON, one object per input.
         #[arg(long)]
         json: bool,
@@ -187,6 +188,22 @@ enum Command {
         /// Image files.
         #[arg(required = true)]
         images: Vec<PathBuf>,
+    },
+    /// Show a model's card (architecture, input, class order, the crop and flip it expects);
+    /// with --set-* options, write a copy with those entries changed to --out.
+    Card {
+        /// The model (.mpk, or .h5 with the keras feature).
+        model: PathBuf,
+        /// Average each image's and its mirror image's probabilities when predicting.
+        #[arg(long)]
+        set_test_time_flip: Option<bool>,
+        /// The face crop the model expects: box:MARGIN (square box crop, side times
+        /// 1 + MARGIN) or aligned:MARGIN (five-point alignment).
+        #[arg(long, value_name = "KIND:MARGIN")]
+        set_face_crop: Option<String>,
+        /// Where to write the changed model (required with --set-*).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Per-class counts of a dataset split, and everything skipped with the reason.
     DatasetInfo {
@@ -302,12 +319,15 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let output = PredictOutput { json, embeddings, annotate };
             if faces {
-                on_backend!(backend.as_deref(), predict_faces(&model, &output, batch, &images))
+                on_backend!(backend.as_deref(), predict_faces(model.as_deref(), &output, batch, &images))
             } else {
-                on_backend!(backend.as_deref(), predict(&model, &output, input_npy.as_deref(), batch, &images))
+                on_backend!(backend.as_deref(), predict(model.as_deref(), &output, input_npy.as_deref(), batch, &images))
             }
         }
         Command::Faces { json, min_face, annotate, images } => faces(json, min_face, annotate.as_deref(), &images),
+        Command::Card { model, set_test_time_flip, set_face_crop, out } => {
+            card(&model, set_test_time_flip, set_face_crop.as_deref(), out.as_deref())
+        }
         Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
             source,
@@ -407,6 +427,35 @@ fn faces(json: bool, min_face: f64, annotate: Option<&Path>, images: &[PathBuf])
     Ok(())
 }
 
+fn card(model: &Path, test_time_flip: Option<bool>, face_crop: Option<&str>, out: Option<&Path>) -> Result<()> {
+    use adcorre::detect::align::FaceCrop;
+    let (net, mut card) = adcorre::infer::load_network::<Cpu>(model, &cpu_device())?;
+    if let Some(flip) = test_time_flip {
+        card.test_time_flip = flip;
+    }
+    if let Some(text) = face_crop {
+        let parsed = text.split_once(':').and_then(|(kind, margin)| {
+            let margin: f32 = margin.parse().ok()?;
+            match kind {
+                "box" => Some(FaceCrop::Box { margin }),
+                "aligned" => Some(FaceCrop::Aligned { margin }),
+                _ => None,
+            }
+        });
+        card.face_crop = parsed.ok_or_else(|| {
+            AdCorreError::Config(format!("--set-face-crop '{text}': expected box:MARGIN or aligned:MARGIN, e.g. box:0.2"))
+        })?;
+    }
+    let changed = test_time_flip.is_some() || face_crop.is_some();
+    match (changed, out) {
+        (true, Some(out)) => adcorre::model::save_model(&net, &card, out)?,
+        (true, None) => return Err(AdCorreError::Config("--set-* needs --out FILE.mpk".into())),
+        (false, _) => {}
+    }
+    println!("{}", serde_json::to_string_pretty(&card).expect("cards serialise"));
+    Ok(())
+}
+
 /// How `predict` reports.
 struct PredictOutput {
     json: bool,
@@ -468,12 +517,25 @@ fn write_annotated(
     adcorre::atomic_file::write_atomically(&target, &bytes)
 }
 
-fn predict_faces<B: AdCorreBackend>(model: &Path, output: &PredictOutput, batch: usize, images: &[PathBuf]) -> Result<()> {
+/// The model of `--model`, or the one that ships with adcorre.
+fn load_models<B: AdCorreBackend>(model: Option<&Path>, device: &B::Device) -> Result<TestModels<B>> {
+    match model {
+        Some(path) => TestModels::<B>::load(path, device),
+        #[cfg(feature = "shipped-model")]
+        None => TestModels::<B>::load_shipped(device),
+        #[cfg(not(feature = "shipped-model"))]
+        None => Err(AdCorreError::Config(
+            "give --model: this build has no shipped model (cargo feature shipped-model)".into(),
+        )),
+    }
+}
+
+fn predict_faces<B: AdCorreBackend>(model: Option<&Path>, output: &PredictOutput, batch: usize, images: &[PathBuf]) -> Result<()> {
     if images.is_empty() {
         return Err(AdCorreError::Config("nothing to predict: give image files".into()));
     }
     let device = B::Device::default();
-    let models = TestModels::<B>::load(model, &device)?.with_batch_size(batch);
+    let models = load_models::<B>(model, &device)?.with_batch_size(batch);
     for path in images {
         let image = adcorre::infer::preprocess::open_image(path)?;
         let found = models.recognize_faces_in_image(&image)?;
@@ -514,14 +576,14 @@ fn predict_faces<B: AdCorreBackend>(model: &Path, output: &PredictOutput, batch:
 }
 
 fn predict<B: AdCorreBackend>(
-    model: &Path,
+    model: Option<&Path>,
     output: &PredictOutput,
     input_npy: Option<&Path>,
     batch: usize,
     images: &[PathBuf],
 ) -> Result<()> {
     let device = B::Device::default();
-    let models = TestModels::<B>::load(model, &device)?.with_batch_size(batch);
+    let models = load_models::<B>(model, &device)?.with_batch_size(batch);
     let mut results: Vec<(String, Recognition)> = Vec::new();
     if let Some(npy) = input_npy {
         let array = read_npy::<f32>(npy)?;
@@ -671,16 +733,22 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
         let images = Tensor::<B, 4>::random([batch, card.network.backbone.in_channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
         median_seconds(args.iters, || {
-            let _ = net.forward(images.clone()).logits.into_data();
+            let output = if card.test_time_flip { net.forward_test_time_flip(images.clone()) } else { net.forward(images.clone()) };
+            let _ = output.logits.into_data();
             Ok(())
         })?
     };
-    let mode = if args.train { "train step" } else { "inference" };
+    let mode = match (args.train, card.test_time_flip) {
+        (true, _) => "train step",
+        (false, true) => "inference with test-time flip",
+        (false, false) => "inference",
+    };
     if args.json {
         println!(
             "{}",
             serde_json::json!({
                 "backend": backend, "mode": mode, "batch_norm_folded": !args.no_fold && !args.train,
+                "test_time_flip": card.test_time_flip && !args.train,
                 "adcorre_ops": adcorre::backend::ops::enabled(),
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,

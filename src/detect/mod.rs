@@ -31,6 +31,7 @@ use image::DynamicImage;
 use serde::{Deserialize, Serialize};
 
 use crate::data::npy::NpzFile;
+use crate::backend::AdCorreBackend;
 use crate::error::AdCorreError;
 use crate::infer::host_values;
 use cascade::{
@@ -45,7 +46,7 @@ const SHIPPED_WEIGHTS: &[u8] = include_bytes!("weights/mtcnn_weights.npz");
 
 /// The three MTCNN networks.
 #[derive(Module, Debug)]
-pub struct Mtcnn<B: Backend> {
+pub struct Mtcnn<B: AdCorreBackend> {
     /// Proposal network (image pyramid).
     pub pnet: PNet<B>,
     /// Refinement network (24x24 crops).
@@ -54,7 +55,7 @@ pub struct Mtcnn<B: Backend> {
     pub onet: ONet<B>,
 }
 
-impl<B: Backend> Mtcnn<B> {
+impl<B: AdCorreBackend> Mtcnn<B> {
     /// The networks with the weights that ship with the crate.
     pub fn shipped(device: &B::Device) -> crate::Result<Self> {
         let mut npz = NpzFile::embedded("src/detect/weights/mtcnn_weights.npz", SHIPPED_WEIGHTS)?;
@@ -122,13 +123,13 @@ pub struct DetectedFace {
 
 /// MTCNN on a backend: [`FaceDetector::detect`] finds every face of an image.
 #[derive(Debug)]
-pub struct FaceDetector<B: Backend> {
+pub struct FaceDetector<B: AdCorreBackend> {
     networks: Mtcnn<B>,
     config: FaceDetectorConfig,
     device: B::Device,
 }
 
-impl<B: Backend> FaceDetector<B> {
+impl<B: AdCorreBackend> FaceDetector<B> {
     /// A detector with the shipped weights.
     pub fn new(config: FaceDetectorConfig, device: &B::Device) -> crate::Result<Self> {
         Self::with_networks(Mtcnn::shipped(device)?, config, device)

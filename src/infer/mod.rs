@@ -81,11 +81,30 @@ pub struct FaceRecognition {
     pub recognition: Recognition,
 }
 
+/// The expression model that ships with the crate (feature `shipped-model`): a narrow
+/// Xception trained here on FER-2013's 28,709 training faces, 48x48 grayscale, with the
+/// Ad-Corre loss; its card and measured accuracy are in `models/README.md`.
+#[cfg(feature = "shipped-model")]
+pub const SHIPPED_MODEL: &[u8] = include_bytes!("../../models/fer2013_xception_cpu.mpk");
+
 impl TestModels<Cpu> {
     /// Loads a model file (`.mpk`, or a Keras `.h5` with the `keras` feature) on the default
     /// CPU backend.
     pub fn new(path: impl AsRef<Path>) -> Result<Self> {
         Self::load(path, &cpu_device())
+    }
+
+    /// The model that ships with the crate ([`SHIPPED_MODEL`]) on the default CPU backend:
+    /// recognition with no file to download.
+    ///
+    /// ```
+    /// let models = adcorre::infer::TestModels::shipped()?;
+    /// assert_eq!(models.card().input_size, 48);
+    /// # Ok::<(), adcorre::AdCorreError>(())
+    /// ```
+    #[cfg(feature = "shipped-model")]
+    pub fn shipped() -> Result<Self> {
+        Self::load_shipped(&cpu_device())
     }
 }
 
@@ -94,6 +113,15 @@ impl<B: AdCorreBackend> TestModels<B> {
     /// recognised by its HDF5 signature.
     pub fn load(path: impl AsRef<Path>, device: &B::Device) -> Result<Self> {
         let (model, card) = load_network(path.as_ref(), device)?;
+        Ok(Self::from_model(model, card, device))
+    }
+
+    /// The model that ships with the crate ([`SHIPPED_MODEL`]) on `device`.
+    #[cfg(feature = "shipped-model")]
+    pub fn load_shipped(device: &B::Device) -> Result<Self> {
+        let (model, card) = crate::model::checkpoint::model_from_bytes(SHIPPED_MODEL.to_vec(), device).map_err(|reason| {
+            AdCorreError::InvalidModelFile { path: "models/fer2013_xception_cpu.mpk (built in)".into(), reason }
+        })?;
         Ok(Self::from_model(model, card, device))
     }
 
