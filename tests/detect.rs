@@ -222,11 +222,8 @@ fn crops_follow_their_definitions() {
 
 /// A small untrained 7-class model whose card says how faces are cropped.
 fn small_network(crop: FaceCrop) -> (adcorre::model::AdCorreNet<Cpu>, adcorre::model::ModelCard) {
-    use adcorre::model::{AdCorreNetConfig, ModelCard, XceptionConfig};
-    let config = AdCorreNetConfig::new()
-        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
-        .with_num_heads(2)
-        .with_embedding_dim(8);
+    use adcorre::model::ModelCard;
+    let config = common::two_head_config();
     let net = common::calibrate(config.init::<Cpu>(&cpu_device()), 9);
     (net, ModelCard::new(config).with_input_size(48).with_face_crop(crop))
 }

@@ -78,10 +78,7 @@ fn batch_and_single_recognition_agree() {
 /// the photo converted to gray first; a colour model sees the colours.
 #[test]
 fn grayscale_models_are_fed_luma() {
-    let config = AdCorreNetConfig::new()
-        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
-        .with_num_heads(2)
-        .with_embedding_dim(8);
+    let config = common::two_head_config();
     let device = cpu_device();
     let net = common::calibrate(config.init::<Cpu>(&device), 3);
     let colour = DynamicImage::ImageRgb8(ImageBuffer::from_fn(40, 40, |x, y| {
@@ -108,10 +105,7 @@ fn grayscale_models_are_fed_luma() {
 /// that uses it gives a photo and its mirror image the same answer; a model card turns it on.
 #[test]
 fn test_time_flip_averages_an_image_and_its_mirror() {
-    let config = AdCorreNetConfig::new()
-        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
-        .with_num_heads(2)
-        .with_embedding_dim(8);
+    let config = common::two_head_config();
     let device = cpu_device();
     let net = common::calibrate(config.init::<Cpu>(&device), 5).fold_batch_norm();
     let images = common::test_images::<Cpu>([3, 3, 33, 29], 7, &device);

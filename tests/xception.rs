@@ -297,6 +297,21 @@ fn folding_batch_norm_keeps_outputs_and_cannot_be_saved() {
     assert!(matches!(err, AdCorreError::Config(_)), "{err}");
 }
 
+/// A model file's bytes with the card `card` as written (for cards of older versions).
+fn model_bytes_with_card(net: AdCorreNet<B>, card: &serde_json::Value) -> Vec<u8> {
+    let record = (
+        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
+        card.to_string(),
+        burn::module::Module::into_record(net),
+    );
+    burn::record::Recorder::<B>::record(
+        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
+        record,
+        (),
+    )
+    .unwrap()
+}
+
 #[test]
 fn cards_written_before_a_field_existed_still_load() {
     let device = Default::default();
@@ -305,17 +320,7 @@ fn cards_written_before_a_field_existed_still_load() {
     // A card as written before `bn_momentum` existed.
     let mut card = serde_json::to_value(ModelCard::new(config.clone())).unwrap();
     card["network"]["backbone"].as_object_mut().unwrap().remove("bn_momentum");
-    let record = (
-        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
-        card.to_string(),
-        burn::module::Module::into_record(net),
-    );
-    let bytes = burn::record::Recorder::<B>::record(
-        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
-        record,
-        (),
-    )
-    .unwrap();
+    let bytes = model_bytes_with_card(net, &card);
     let (_, loaded) = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap();
     assert_eq!(loaded.network, config, "missing field takes its default");
 }
@@ -329,17 +334,7 @@ fn cards_without_stem_stride_or_grayscale_load_as_keras() {
     let mut card = serde_json::to_value(ModelCard::new(config.clone()).with_grayscale(true)).unwrap();
     card["network"]["backbone"].as_object_mut().unwrap().remove("stem_stride");
     card.as_object_mut().unwrap().remove("grayscale");
-    let record = (
-        adcorre::model::checkpoint::MODEL_FORMAT.to_string(),
-        card.to_string(),
-        burn::module::Module::into_record(net),
-    );
-    let bytes = burn::record::Recorder::<B>::record(
-        &burn::record::NamedMpkBytesRecorder::<burn::record::FullPrecisionSettings>::default(),
-        record,
-        (),
-    )
-    .unwrap();
+    let bytes = model_bytes_with_card(net, &card);
     let (net, loaded) = adcorre::model::checkpoint::model_from_bytes::<B>(bytes, &device).unwrap();
     assert_eq!(loaded.network.backbone.stem_stride, 2);
     assert!(!loaded.grayscale);

@@ -543,12 +543,11 @@ fn predict_faces<B: AdCorreBackend>(model: Option<&Path>, output: &PredictOutput
             let faces: Vec<serde_json::Value> = found
                 .iter()
                 .map(|f| {
-                    let mut object = serde_json::Map::new();
-                    object.insert("box".into(), serde_json::json!(f.face.bbox));
-                    object.insert("probability".into(), serde_json::json!(f.face.probability));
-                    object.insert("landmarks".into(), serde_json::json!(f.face.landmarks));
-                    object.extend(recognition_json(&f.recognition, output.embeddings));
-                    serde_json::Value::Object(object)
+                    let mut object = serde_json::json!(f.face);
+                    if let Some(fields) = object.as_object_mut() {
+                        fields.extend(recognition_json(&f.recognition, output.embeddings));
+                    }
+                    object
                 })
                 .collect();
             println!("{}", serde_json::json!({ "input": path.display().to_string(), "faces": faces }));

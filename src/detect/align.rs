@@ -72,8 +72,7 @@ impl FaceCrop {
                 let scale = size as f32 / 112.0 / (1.0 + margin);
                 let centre = size as f32 / 2.0;
                 let template = ARCFACE_TEMPLATE_112.map(|[x, y]| [(x - 56.0) * scale + centre, (y - 56.0) * scale + centre]);
-                let [a, b, tx, c, d, ty] = similarity_transform(&template, &face.landmarks);
-                [a, b, tx, c, d, ty]
+                similarity_transform(&template, &face.landmarks)
             }
         }
     }

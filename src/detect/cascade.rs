@@ -110,10 +110,10 @@ pub fn proposals(regression: &[f32], probability: &[f32], [h, w]: [usize; 2], sc
     found
 }
 
-/// Indices of `candidates` in descending score order, stable for ties.
-fn by_descending_score(candidates: &[Candidate]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..candidates.len()).collect();
-    order.sort_by(|&a, &b| candidates[b].score.total_cmp(&candidates[a].score));
+/// Indices `0..len` in descending order of `score(index)`, stable for ties.
+fn by_descending_score(len: usize, score: impl Fn(usize) -> f32) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    order.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
     order
 }
 
@@ -123,7 +123,7 @@ fn by_descending_score(candidates: &[Candidate]) -> Vec<usize> {
 pub fn nms_union(candidates: &[Candidate], threshold: f32) -> Vec<Candidate> {
     let area = |b: &[f32; 4]| (b[2] - b[0]) * (b[3] - b[1]);
     let mut kept: Vec<Candidate> = Vec::new();
-    for index in by_descending_score(candidates) {
+    for index in by_descending_score(candidates.len(), |i| candidates[i].score) {
         let candidate = candidates[index];
         let suppressed = kept.iter().any(|k| {
             let inter = (k.bbox[2].min(candidate.bbox[2]) - k.bbox[0].max(candidate.bbox[0])).max(0.0)
@@ -142,10 +142,8 @@ pub fn nms_union(candidates: &[Candidate], threshold: f32) -> Vec<Candidate> {
 /// kept indices, best first.
 pub fn nms_min(boxes: &[[f32; 4]], scores: &[f32], threshold: f32) -> Vec<usize> {
     let area = |b: &[f32; 4]| (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0);
-    let mut order: Vec<usize> = (0..boxes.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let mut kept: Vec<usize> = Vec::new();
-    for index in order {
+    for index in by_descending_score(boxes.len(), |i| scores[i]) {
         let b = &boxes[index];
         let suppressed = kept.iter().any(|&k| {
             let k = &boxes[k];

@@ -241,6 +241,9 @@ impl<B: AdCorreBackend> TestModels<B> {
                 "this model expects aligned face crops, which need landmarks: pass DetectedFace values to recognize_detected".into(),
             ));
         }
+        if let Some(bad) = boxes.iter().find(|b| !b.iter().all(|v| v.is_finite()) || b[2] <= b[0] || b[3] <= b[1]) {
+            return Err(AdCorreError::Config(format!("face box {bad:?} is not [x1, y1, x2, y2] with x2 > x1 and y2 > y1")));
+        }
         let faces: Vec<DetectedFace> = boxes
             .iter()
             .map(|&bbox| {
@@ -249,9 +252,6 @@ impl<B: AdCorreBackend> TestModels<B> {
                 DetectedFace { bbox, probability: 1.0, landmarks: [[cx, cy]; 5] }
             })
             .collect();
-        if let Some(bad) = boxes.iter().find(|b| !b.iter().all(|v| v.is_finite()) || b[2] <= b[0] || b[3] <= b[1]) {
-            return Err(AdCorreError::Config(format!("face box {bad:?} is not [x1, y1, x2, y2] with x2 > x1 and y2 > y1")));
-        }
         self.recognize_detected(image, &faces)
     }
 

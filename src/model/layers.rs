@@ -73,7 +73,12 @@ impl<B: AdCorreBackend> ConvBn<B> {
     /// [`ops::pointwise_conv`], a 3x3 one without padding as [`ops::conv3x3`], others as Burn's
     /// convolution.
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        batch_norm(&self.bn, dense_conv_forward(&self.conv, x))
+        let x = match (pointwise_stride(&self.conv), dense_3x3_stride(&self.conv)) {
+            (Some(stride), _) if ops::enabled() => with_bias(ops::pointwise_conv(x, self.conv.weight.val(), stride), &self.conv),
+            (_, Some(stride)) if ops::enabled() => with_bias(ops::conv3x3(x, self.conv.weight.val(), stride), &self.conv),
+            _ => conv_forward(&self.conv, x),
+        };
+        batch_norm(&self.bn, x)
     }
 
     /// The same function for inference with the batch normalisation folded into the
@@ -169,17 +174,6 @@ impl<B: AdCorreBackend> SeparableConvBn<B> {
             },
             None => self,
         }
-    }
-}
-
-/// `conv.forward(x)` through adcorre's operations where they apply: a 1x1 convolution as
-/// [`ops::pointwise_conv`], a 3x3 one without padding as [`ops::conv3x3`], others as Burn's
-/// convolution. `[batch, in, h, w]` -> `[batch, out, h', w']`.
-pub fn dense_conv_forward<B: AdCorreBackend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-    match (pointwise_stride(conv), dense_3x3_stride(conv)) {
-        (Some(stride), _) if ops::enabled() => with_bias(ops::pointwise_conv(x, conv.weight.val(), stride), conv),
-        (_, Some(stride)) if ops::enabled() => with_bias(ops::conv3x3(x, conv.weight.val(), stride), conv),
-        _ => conv_forward(conv, x),
     }
 }
 

@@ -191,3 +191,11 @@ pub fn tiny_config(epochs: usize) -> adcorre::train::TrainConfig {
         ..adcorre::train::TrainConfig::default()
     }
 }
+
+/// A reduced 7-class network with two embedding heads of 8, for inference tests.
+pub fn two_head_config() -> AdCorreNetConfig {
+    AdCorreNetConfig::new()
+        .with_backbone(XceptionConfig::new().with_width(0.125).with_middle_blocks(1))
+        .with_num_heads(2)
+        .with_embedding_dim(8)
+}
