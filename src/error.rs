@@ -107,6 +107,37 @@ pub enum AdCorreError {
         /// The decoder's message.
         reason: String,
     },
+    /// Input values a model cannot take: NaN or infinite, or outside its card's value range.
+    #[error("{what}: {reason}")]
+    InvalidInput {
+        /// Which input (e.g. "input batch", a file).
+        what: String,
+        /// The first offending value and what is accepted.
+        reason: String,
+    },
+    /// A dataset split that holds no samples (wrong folder, or the files belong to other splits).
+    #[error("{dataset}: the {split} split is empty; {holds}")]
+    EmptySplit {
+        /// The dataset as loaded (format and root).
+        dataset: String,
+        /// The split asked for.
+        split: String,
+        /// What the dataset does hold, in words.
+        holds: String,
+    },
+    /// An untrusted file declares more than a resource limit allows (pixels, bytes, elements);
+    /// nothing that large was allocated.
+    #[error("{path}: {what} exceeds the limit of {limit} ({how_to_raise})")]
+    LimitExceeded {
+        /// The file (or a description of in-memory data).
+        path: PathBuf,
+        /// What is too large, with its size (e.g. "image of 60000x60000 = 3600000000 pixels").
+        what: String,
+        /// The limit, with its unit.
+        limit: String,
+        /// Which setting raises the limit.
+        how_to_raise: String,
+    },
 }
 
 /// Shorthand for results whose error is [`AdCorreError`].

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use adcorre::backend::{cpu_device, AdCorreBackend, Cpu};
-use adcorre::data::npy::read_npy;
+use adcorre::data::npy::read_npy_f32;
 use adcorre::infer::preprocess::nhwc_to_tensor;
 use adcorre::infer::{Recognition, TestModels};
 use adcorre::{AdCorreError, Result};
@@ -585,13 +585,13 @@ fn predict<B: AdCorreBackend>(
     let models = load_models::<B>(model, &device)?.with_batch_size(batch);
     let mut results: Vec<(String, Recognition)> = Vec::new();
     if let Some(npy) = input_npy {
-        let array = read_npy::<f32>(npy)?;
+        let array = read_npy_f32(npy)?;
         let shape: [usize; 4] = match array.shape() {
             &[n, h, w, 3] => [n, h, w, 3],
             other => {
                 return Err(AdCorreError::Shape {
                     what: format!("{}", npy.display()),
-                    expected: "(n, height, width, 3) float32 in [0, 1]".into(),
+                    expected: "(n, height, width, 3) float32 or float64 values in the model's range".into(),
                     got: other.to_vec(),
                 })
             }
@@ -601,7 +601,14 @@ fn predict<B: AdCorreBackend>(
         for (chunk_index, chunk) in values.chunks(per_image * batch.max(1)).enumerate() {
             let n = chunk.len() / per_image;
             let tensor = nhwc_to_tensor::<B>(chunk.to_vec(), [n, shape[1], shape[2], 3], &device);
-            for (i, recognition) in models.recognize_tensor(tensor)?.into_iter().enumerate() {
+            let recognitions = models.recognize_tensor(tensor).map_err(|err| match err {
+                AdCorreError::InvalidInput { reason, .. } => AdCorreError::InvalidInput {
+                    what: format!("{} (batch from image {})", npy.display(), chunk_index * batch.max(1)),
+                    reason,
+                },
+                other => other,
+            })?;
+            for (i, recognition) in recognitions.into_iter().enumerate() {
                 let index = chunk_index * batch.max(1) + i;
                 results.push((format!("{}[{index}]", npy.display()), recognition));
             }

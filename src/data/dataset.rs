@@ -178,6 +178,9 @@ pub struct FerDataset {
     pub num_classes: usize,
     /// Entries not loaded, by reason (e.g. "label 8 (none)" -> count).
     pub skipped: BTreeMap<String, usize>,
+    /// Entries passed over because they belong to another split, by split (e.g. "PrivateTest"
+    /// -> count): what an empty split's error says the dataset holds instead.
+    pub other_splits: BTreeMap<String, usize>,
 }
 
 impl FerDataset {
@@ -203,6 +206,11 @@ impl FerDataset {
     /// Counts one skipped entry under `reason`.
     pub(crate) fn skip(&mut self, reason: impl Into<String>) {
         *self.skipped.entry(reason.into()).or_default() += 1;
+    }
+
+    /// Counts one entry of another split.
+    pub(crate) fn other_split(&mut self, split: &str) {
+        *self.other_splits.entry(split.to_string()).or_default() += 1;
     }
 
     /// The labels of all samples, in order.
@@ -234,6 +242,7 @@ impl FerDataset {
             samples: chosen.into_iter().map(|index| self.samples[index].clone()).collect(),
             num_classes: self.num_classes,
             skipped: self.skipped.clone(),
+            other_splits: self.other_splits.clone(),
         }
     }
 }
@@ -246,13 +255,31 @@ pub fn load_dataset(name: DatasetName, kind: DatasetType, root: &Path) -> Result
             std::io::Error::new(std::io::ErrorKind::NotFound, "dataset root does not exist"),
         ));
     }
-    match name {
+    let dataset = match name {
         DatasetName::Fer2013 => super::fer2013::load(root, kind),
         DatasetName::FerPlus => super::ferplus::load(root, kind),
         DatasetName::RafDb => super::rafdb::load(root, kind),
         DatasetName::AffectNet => super::affectnet::load(root, kind),
         DatasetName::ImageFolder => super::image_folder::load(root, kind),
+    }?;
+    if dataset.samples.is_empty() {
+        let counts = |map: &BTreeMap<String, usize>, what: &str| {
+            map.iter().map(|(key, n)| format!("{n} {what}{key}")).collect::<Vec<_>>()
+        };
+        let mut held = counts(&dataset.other_splits, "");
+        held.extend(counts(&dataset.skipped, "skipped: "));
+        let holds = match held.len() {
+            0 => "nothing of any split was found there".to_string(),
+            1..=8 => format!("it holds {}", held.join(", ")),
+            n => format!("it holds {}, ... ({n} kinds)", held[..8].join(", ")),
+        };
+        return Err(AdCorreError::EmptySplit {
+            dataset: dataset.description,
+            split: format!("{kind:?}"),
+            holds,
+        });
     }
+    Ok(dataset)
 }
 
 /// Splits one CSV line into fields, honouring double quotes (`"a,b"` is one field, `""` an

@@ -96,6 +96,7 @@ pub fn load_csv(path: &Path, kind: DatasetType) -> Result<FerDataset> {
             .filter(|&c| c < 7)
             .ok_or_else(|| malformed(path, line_number, format!("unknown emotion code '{}'", fields[emotion_col])))?;
         if usage_value != wanted {
+            dataset.other_split(usage_value);
             continue;
         }
         let pixels = parse_pixels(field(pixels_col)?)
@@ -171,6 +172,8 @@ pub fn load_folders(root: &Path, kind: DatasetType) -> Result<FerDataset> {
                         image: ImageSource::File { path: file, crop: None },
                         label,
                     });
+                } else {
+                    dataset.other_split(file_usage);
                 }
             }
         }

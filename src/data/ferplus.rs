@@ -105,6 +105,7 @@ pub fn load(root: &Path, kind: DatasetType) -> Result<FerDataset> {
                 .map_err(|_| malformed(&votes_path, line_number, format!("vote count '{field}' is not a number")))?;
         }
         if fields[0].trim() != wanted {
+            dataset.other_split(fields[0].trim());
             continue;
         }
         let label = match majority_label(&votes) {

@@ -20,6 +20,10 @@ use crate::model::checkpoint::parameter_shapes;
 use crate::model::xception::XceptionConfig;
 use crate::model::{AdCorreNet, AdCorreNetConfig, ModelCard};
 
+/// Most parameters an imported network may have (2 GB of float32), checked on the shapes the
+/// file declares before any weight is read.
+pub const MAX_PARAMETERS: u64 = 500_000_000;
+
 /// Keras' BatchNormalization epsilon, the only one this importer accepts.
 const KERAS_EPSILON: f64 = 1e-3;
 
@@ -28,18 +32,31 @@ const KERAS_EPSILON: f64 = 1e-3;
 pub fn import_keras<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<(AdCorreNet<B>, ModelCard)> {
     let file = KerasFile::open(path)?;
     let config = file.network_config()?;
-    let input_size = file.input_size().unwrap_or(224);
+    config
+        .validate()
+        .map_err(|err| file.format_error(format!("the architecture its weights describe: {err}")))?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let card = ModelCard::new(config.clone())
+        .with_input_size(file.input_size().unwrap_or(224))
+        .with_source(format!("Keras import of {name}"));
+    card.validate()
+        .map_err(|err| file.format_error(format!("the model its weights and config describe: {err}")))?;
     let fresh = config.init_lazy::<B>(device);
     let expected: HashMap<String, Vec<usize>> = parameter_shapes(&fresh).into_iter().collect();
+    let parameters: u64 = expected.values().map(|shape| shape.iter().map(|&d| d as u64).product::<u64>()).sum();
+    if parameters > MAX_PARAMETERS {
+        return Err(AdCorreError::LimitExceeded {
+            path: path.to_path_buf(),
+            what: format!("a network of {parameters} parameters (from the shapes its weights declare)"),
+            limit: format!("{MAX_PARAMETERS} parameters"),
+            how_to_raise: "adcorre::import::keras::MAX_PARAMETERS; the published Ad-Corre models have about 21 million".into(),
+        });
+    }
     let tensors = file.tensors(&config, &expected)?;
     let (model, missing) = assign_tensors(fresh, &tensors);
     if let Some(path_in_model) = missing.first() {
         return Err(file.format_error(format!("no weight for parameter {path_in_model}")));
     }
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let card = ModelCard::new(config)
-        .with_input_size(input_size)
-        .with_source(format!("Keras import of {name}"));
     Ok((model, card))
 }
 

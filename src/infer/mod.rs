@@ -15,7 +15,7 @@ use crate::error::{AdCorreError, Result};
 use crate::detect::align::FaceCrop;
 use crate::detect::{DetectedFace, FaceDetector, FaceDetectorConfig};
 use crate::model::{load_model, AdCorreNet, ModelCard};
-use preprocess::{images_to_tensor, open_image};
+use preprocess::{images_to_tensor, open_image_limited, ImageLimits};
 
 /// The probability of one class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +69,7 @@ pub struct TestModels<B: AdCorreBackend = Cpu> {
     card: ModelCard,
     device: B::Device,
     batch_size: usize,
+    image_limits: ImageLimits,
     face_detector: std::sync::OnceLock<FaceDetector<B>>,
 }
 
@@ -132,6 +133,7 @@ impl<B: AdCorreBackend> TestModels<B> {
             card,
             device: device.clone(),
             batch_size: 8,
+            image_limits: ImageLimits::default(),
             face_detector: std::sync::OnceLock::new(),
         }
     }
@@ -159,6 +161,13 @@ impl<B: AdCorreBackend> TestModels<B> {
         self
     }
 
+    /// Sets the limits on decoding image files (default [`ImageLimits::default`]: 64 MiB files,
+    /// 50 megapixels, 1 GiB of decoder memory).
+    pub fn with_image_limits(mut self, limits: ImageLimits) -> Self {
+        self.image_limits = limits;
+        self
+    }
+
     /// The model's card (architecture, input size, class names).
     pub fn card(&self) -> &ModelCard {
         &self.card
@@ -171,7 +180,7 @@ impl<B: AdCorreBackend> TestModels<B> {
 
     /// Recognises the expression in an image file.
     pub fn recognize_fer(&self, path: impl AsRef<Path>) -> Result<Recognition> {
-        let image = open_image(path.as_ref())?;
+        let image = open_image_limited(path.as_ref(), &self.image_limits)?;
         self.recognize_image(&image)
     }
 
@@ -196,7 +205,7 @@ impl<B: AdCorreBackend> TestModels<B> {
     /// ([`ModelCard::face_crop`]); all faces of the photo go through the network as one batch.
     /// [`TestModels::recognize_fer`] keeps the release's meaning: the whole image as one face.
     pub fn recognize_faces(&self, path: impl AsRef<Path>) -> Result<Vec<FaceRecognition>> {
-        self.recognize_faces_in_image(&open_image(path.as_ref())?)
+        self.recognize_faces_in_image(&open_image_limited(path.as_ref(), &self.image_limits)?)
     }
 
     /// [`TestModels::recognize_faces`] on a decoded image.
@@ -261,16 +270,20 @@ impl<B: AdCorreBackend> TestModels<B> {
         for chunk in paths.chunks(self.batch_size) {
             let images = chunk
                 .iter()
-                .map(|p| open_image(p.as_ref()))
+                .map(|p| open_image_limited(p.as_ref(), &self.image_limits))
                 .collect::<Result<Vec<_>>>()?;
             results.extend(self.recognize_batch(&images)?);
         }
         Ok(results)
     }
 
-    /// Recognises a prepared batch `[n, 3, h, w]` of RGB values in [0, 1].
+    /// Recognises a prepared batch `[n, 3, h, w]` of RGB values in the card's value range
+    /// (`[0, 1]` for every model made here). A NaN, an infinity or a value outside that range
+    /// (beyond a rounding margin of 1e-4 of the range) is an [`AdCorreError::InvalidInput`]
+    /// naming the first such value, not a prediction.
     pub fn recognize_tensor(&self, images: Tensor<B, 4>) -> Result<Vec<Recognition>> {
         self.model.check_input(images.dims())?;
+        self.check_values(&images)?;
         let out = if self.card.test_time_flip {
             self.model.forward_test_time_flip(images)
         } else {
@@ -309,6 +322,46 @@ impl<B: AdCorreBackend> TestModels<B> {
                 }
             })
             .collect())
+    }
+}
+
+impl<B: AdCorreBackend> TestModels<B> {
+    /// Refuses NaN, infinite and out-of-range input values (two reductions on the device; the
+    /// host copy is made only to name the first bad value).
+    fn check_values(&self, images: &Tensor<B, 4>) -> Result<()> {
+        let [low, high] = self.card.value_range;
+        let margin = 1e-4 * (high - low).abs();
+        let (low, high) = (low - margin, high + margin);
+        let outside = images
+            .clone()
+            .is_nan()
+            .bool_or(images.clone().lower_elem(low))
+            .bool_or(images.clone().greater_elem(high));
+        if outside.int().sum().into_scalar().to_i64() == 0 {
+            return Ok(());
+        }
+        let [_, channels, height, width] = images.dims();
+        let values = images.to_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+        let (index, value) = values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !(low..=high).contains(*v))
+            .map(|(i, v)| (i, *v))
+            .unwrap_or((0, f32::NAN));
+        let plane = height * width;
+        Err(AdCorreError::InvalidInput {
+            what: "input batch".into(),
+            reason: format!(
+                "image {}, channel {}, row {}, column {} is {value}; the model takes finite values in [{}, {}] \
+                 (its card's value_range)",
+                index / (channels * plane),
+                index / plane % channels,
+                index % plane / width,
+                index % width,
+                self.card.value_range[0],
+                self.card.value_range[1],
+            ),
+        })
     }
 }
 

@@ -9,18 +9,109 @@ use image::DynamicImage;
 
 use crate::error::{AdCorreError, Result};
 
+/// Limits on decoding an image that may come from anywhere: what a file may declare is checked
+/// before the decoder allocates it. Each limit exceeded is an [`AdCorreError::LimitExceeded`]
+/// naming the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageLimits {
+    /// Largest encoded file read, in bytes (default 64 MiB).
+    pub max_file_bytes: u64,
+    /// Largest image, width x height in pixels (default 50 million, the face detector's
+    /// `max_pixels`).
+    pub max_pixels: u64,
+    /// Most memory the decoder may hold at once, in bytes, the decoded image included
+    /// (default 1 GiB: 50 megapixels of 16-bit RGBA is 400 MB).
+    pub max_decoder_bytes: u64,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 64 << 20,
+            max_pixels: 50_000_000,
+            max_decoder_bytes: 1 << 30,
+        }
+    }
+}
+
 /// Decodes an image file (any format and pixel type the `image` crate reads: gray, RGB, RGBA,
-/// 8 or 16 bits).
+/// 8 or 16 bits) within the default [`ImageLimits`].
 pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    open_image_limited(path, &ImageLimits::default())
+}
+
+/// Decodes an image file within `limits`.
+pub fn open_image_limited(path: &Path, limits: &ImageLimits) -> Result<DynamicImage> {
+    let size = std::fs::metadata(path).map_err(|err| AdCorreError::io(path, err))?.len();
+    check_file_bytes(path, size, limits)?;
     let reader = image::ImageReader::open(path).map_err(|err| AdCorreError::io(path, err))?;
-    let reader = reader.with_guessed_format().map_err(|err| AdCorreError::io(path, err))?;
-    reader.decode().map_err(|err| match err {
+    decode_limited(reader, path, limits)
+}
+
+/// Decodes an image held in memory (e.g. the body of a request) within `limits`; `name`
+/// stands for its path in errors.
+pub fn decode_image(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<DynamicImage> {
+    let path = Path::new(name);
+    check_file_bytes(path, bytes.len() as u64, limits)?;
+    decode_limited(image::ImageReader::new(std::io::Cursor::new(bytes)), path, limits)
+}
+
+fn check_file_bytes(path: &Path, size: u64, limits: &ImageLimits) -> Result<()> {
+    if size > limits.max_file_bytes {
+        return Err(AdCorreError::LimitExceeded {
+            path: path.to_path_buf(),
+            what: format!("an image file of {size} bytes"),
+            limit: format!("{} bytes", limits.max_file_bytes),
+            how_to_raise: "ImageLimits::max_file_bytes".into(),
+        });
+    }
+    Ok(())
+}
+
+fn decode_limited<R: std::io::BufRead + std::io::Seek>(
+    reader: image::ImageReader<R>,
+    path: &Path,
+    limits: &ImageLimits,
+) -> Result<DynamicImage> {
+    use image::ImageDecoder;
+    let image_error = |err: image::ImageError| match err {
         image::ImageError::IoError(io) => AdCorreError::io(path, io),
+        image::ImageError::Limits(limit) => AdCorreError::LimitExceeded {
+            path: path.to_path_buf(),
+            what: format!("decoding it ({limit})"),
+            limit: format!("{} bytes", limits.max_decoder_bytes),
+            how_to_raise: "ImageLimits::max_decoder_bytes".into(),
+        },
         other => AdCorreError::Image {
             path: path.to_path_buf(),
             reason: other.to_string(),
         },
-    })
+    };
+    let mut reader = reader.with_guessed_format().map_err(|err| AdCorreError::io(path, err))?;
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_decoder_bytes);
+    let max_side = u32::try_from(limits.max_pixels).unwrap_or(u32::MAX);
+    decoder_limits.max_image_width = Some(max_side);
+    decoder_limits.max_image_height = Some(max_side);
+    reader.limits(decoder_limits);
+    let decoder = reader.into_decoder().map_err(image_error)?;
+    let (width, height) = decoder.dimensions();
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels {
+        return Err(AdCorreError::LimitExceeded {
+            path: path.to_path_buf(),
+            what: format!("an image of {width}x{height} = {pixels} pixels"),
+            limit: format!("{} pixels", limits.max_pixels),
+            how_to_raise: "ImageLimits::max_pixels".into(),
+        });
+    }
+    if pixels == 0 {
+        return Err(AdCorreError::Image {
+            path: path.to_path_buf(),
+            reason: format!("the image is {width}x{height}: no pixels"),
+        });
+    }
+    DynamicImage::from_decoder(decoder).map_err(image_error)
 }
 
 /// An image as `3 x size x size` RGB values in [0, 1], channel-major (CHW), resized with a

@@ -42,10 +42,16 @@ impl AdCorreNetConfig {
                 self.num_heads, self.embedding_dim
             )));
         }
-        if self.num_classes < 2 {
+        if !(2..=10_000).contains(&self.num_classes) {
             return Err(AdCorreError::Config(format!(
-                "need at least 2 classes, got {}",
+                "need 2 to 10000 classes, got {}",
                 self.num_classes
+            )));
+        }
+        if self.num_heads > 1024 || self.embedding_dim > 65_536 {
+            return Err(AdCorreError::Config(format!(
+                "at most 1024 heads of at most 65536 features, got {} heads of {}",
+                self.num_heads, self.embedding_dim
             )));
         }
         if !(0.0..1.0).contains(&self.dropout) {

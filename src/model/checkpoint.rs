@@ -14,6 +14,7 @@ use crate::backend::AdCorreBackend;
 use crate::data::Expression;
 use crate::detect::align::FaceCrop;
 use crate::error::{AdCorreError, Result};
+use crate::model::xception::MIN_INPUT_SIZE;
 
 /// Identifies the file format; bumped on incompatible changes.
 pub const MODEL_FORMAT: &str = "adcorre-model/1";
@@ -100,9 +101,20 @@ impl ModelCard {
         self
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks that the card describes a usable model (architecture, sizes, class names).
+    pub fn validate(&self) -> Result<()> {
         self.network.validate()?;
         self.face_crop.validate()?;
+        if !(MIN_INPUT_SIZE..=MAX_INPUT_SIZE).contains(&self.input_size) {
+            return Err(AdCorreError::Config(format!(
+                "input_size {} is outside {MIN_INPUT_SIZE}..={MAX_INPUT_SIZE}",
+                self.input_size
+            )));
+        }
+        let [low, high] = self.value_range;
+        if !(low.is_finite() && high.is_finite() && low < high) {
+            return Err(AdCorreError::Config(format!("value_range [{low}, {high}] is not an interval")));
+        }
         if self.class_names.len() != self.network.num_classes {
             return Err(AdCorreError::Config(format!(
                 "{} class names for {} classes",
@@ -113,6 +125,9 @@ impl ModelCard {
         Ok(())
     }
 }
+
+/// Largest input side a model card may ask for (images are resized to it before recognition).
+pub const MAX_INPUT_SIZE: usize = 4096;
 
 /// The serialised form: format tag, card as JSON, weights.
 type FileRecord<B> = (String, String, AdCorreNetRecord<B>);
@@ -151,6 +166,21 @@ pub fn load_model<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<
     })
 }
 
+/// The decoder's complaint in words: its first line only (Burn appends advice about old
+/// record formats that does not apply to adcorre files).
+pub(crate) fn decode_failure(err: burn::record::RecorderError) -> String {
+    use burn::record::RecorderError;
+    let message = match err {
+        RecorderError::FileNotFound(message) | RecorderError::DeserializeError(message) | RecorderError::Unknown(message) => message,
+    };
+    let first = message.lines().next().unwrap_or_default().trim();
+    if first.contains("UnexpectedEof") {
+        format!("the file ends early: truncated (an interrupted download or copy?) [{first}]")
+    } else {
+        format!("not an adcorre model, or corrupt [{first}]")
+    }
+}
+
 /// Decodes a network from the bytes of [`model_to_bytes`]; the error is the reason in words.
 pub fn model_from_bytes<B: AdCorreBackend>(
     bytes: Vec<u8>,
@@ -158,7 +188,7 @@ pub fn model_from_bytes<B: AdCorreBackend>(
 ) -> std::result::Result<(AdCorreNet<B>, ModelCard), String> {
     let (format, card_json, record): FileRecord<B> =
         Recorder::<B>::load(&ModelRecorder::default(), bytes, device)
-            .map_err(|err| format!("cannot decode (truncated or not an adcorre model?): {err}"))?;
+            .map_err(|err| format!("cannot decode: {}", decode_failure(err)))?;
     if format != MODEL_FORMAT {
         return Err(format!("format '{format}', expected '{MODEL_FORMAT}'"));
     }

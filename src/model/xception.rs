@@ -61,8 +61,11 @@ impl XceptionConfig {
 
     /// Checks that the configuration describes a buildable network.
     pub fn validate(&self) -> crate::Result<()> {
-        if self.in_channels == 0 {
-            return Err(AdCorreError::Config("in_channels must be at least 1".into()));
+        if !(1..=64).contains(&self.in_channels) {
+            return Err(AdCorreError::Config(format!("in_channels must be 1 to 64, got {}", self.in_channels)));
+        }
+        if self.middle_blocks > 256 {
+            return Err(AdCorreError::Config(format!("at most 256 middle blocks, got {}", self.middle_blocks)));
         }
         if !(0.0..=1.0).contains(&self.bn_momentum) {
             return Err(AdCorreError::Config(format!(
@@ -76,9 +79,9 @@ impl XceptionConfig {
                 self.stem_stride
             )));
         }
-        if !(self.width.is_finite() && self.width > 0.0) {
+        if !(self.width.is_finite() && self.width > 0.0 && self.width <= 64.0) {
             return Err(AdCorreError::Config(format!(
-                "width must be a positive number, got {}",
+                "width must be a positive number up to 64, got {}",
                 self.width
             )));
         }

@@ -403,6 +403,35 @@ pub(crate) fn append_log(path: &Path, line: &str) -> Result<()> {
     writeln!(file, "{line}").map_err(|err| AdCorreError::io(path, err))
 }
 
+/// Cuts the step log back to the steps a resumed run keeps (`steps`, those of the checkpoint it
+/// resumes from): lines written after that checkpoint by a run that was killed, the last one
+/// perhaps half-written, would otherwise be there twice. Rewritten atomically.
+pub(crate) fn truncate_log(path: &Path, steps: usize) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(AdCorreError::io(path, err)),
+    };
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let fields = header.split(',').count();
+    let kept: Vec<&str> = lines
+        .take_while(|line| {
+            let values: Vec<&str> = line.split(',').collect();
+            values.len() == fields && values[1].parse::<usize>().is_ok_and(|step| step <= steps)
+        })
+        .collect();
+    if kept.is_empty() {
+        return std::fs::remove_file(path).map_err(|err| AdCorreError::io(path, err));
+    }
+    let mut out = String::with_capacity(text.len());
+    for line in std::iter::once(header).chain(kept) {
+        out.push_str(line);
+        out.push('\n');
+    }
+    crate::atomic_file::write_atomically(path, out.as_bytes())
+}
+
 /// Saves `model` (an autodiff model's inner network) as a checkpoint with its card.
 pub(crate) fn save_checkpoint<B: AdCorreAutodiffBackend>(
     model: &AdCorreNet<B>,

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::{model_optimizer, ModelOptimizer};
 use super::replicas::{Replicas, StepOutput};
-use super::{append_log, evaluate, save_checkpoint, TrainConfig, TrainReport};
+use super::{append_log, evaluate, save_checkpoint, truncate_log, TrainConfig, TrainReport};
 use crate::atomic_file::write_atomically;
 use crate::backend::AdCorreAutodiffBackend;
 use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
@@ -91,7 +91,10 @@ impl TrainingRun {
                 let bytes_path = folder.join("optimizer.mpk");
                 let bytes = std::fs::read(&bytes_path).map_err(|err| AdCorreError::io(&bytes_path, err))?;
                 let record = Recorder::<B>::load(&StateRecorder::default(), bytes, device).map_err(|err| {
-                    AdCorreError::InvalidModelFile { path: bytes_path.clone(), reason: err.to_string() }
+                    AdCorreError::InvalidModelFile {
+                        path: bytes_path.clone(),
+                        reason: crate::model::checkpoint::decode_failure(err),
+                    }
                 })?;
                 optimizer = optimizer.load_record(record);
                 (model, state, card)
@@ -145,6 +148,8 @@ impl TrainingRun {
             bar
         };
         let log_path = self.out_dir.join("training_log.csv");
+        truncate_log(&log_path, state.step)?;
+        remove_stale_temporaries(&self.out_dir);
         let mut step_losses = Vec::new();
         let mut running = (0usize, 0usize);
         let mut engine = if devices.len() > 1 {
@@ -278,6 +283,26 @@ impl TrainingRun {
             std::fs::remove_dir_all(self.out_dir.join(previous)).ok();
         }
         Ok(())
+    }
+}
+
+/// Removes the temporary files of writes a killed run left half-done (`.<name>.tmp-<pid>`, see
+/// [`write_atomically`]) in the output folder and its resume folders; best effort.
+fn remove_stale_temporaries(out_dir: &Path) {
+    let folders = std::fs::read_dir(out_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .chain(std::iter::once(out_dir.to_path_buf()));
+    for folder in folders {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                std::fs::remove_file(entry.path()).ok();
+            }
+        }
     }
 }
 
