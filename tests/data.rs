@@ -31,9 +31,9 @@ fn fer2013_folders_have_the_documented_counts() {
     let test = load_dataset(DatasetName::Fer2013, DatasetType::Eval, Path::new(FER)).unwrap();
     assert_eq!(test.class_counts(), vec![607, 895, 653, 415, 496, 56, 467]);
     assert_eq!(test.len(), 3_589);
-    // The PrivateTest split is not in the shared copy.
-    let private = load_dataset(DatasetName::Fer2013, DatasetType::Test, Path::new(FER)).unwrap();
-    assert!(private.is_empty());
+    // The PrivateTest split is not in the shared copy: an error saying what is there instead.
+    let err = load_dataset(DatasetName::Fer2013, DatasetType::Test, Path::new(FER)).unwrap_err();
+    assert!(err.to_string().ends_with("the Test split is empty; it holds 3589 PublicTest, 28709 Training"), "{err}");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! RAF-DB basic (Li et al. 2017): `EmoLabel/list_patition_label.txt` (or the file at `root`)
+//! RAF-DB basic (Li et al. 2017): `EmoLabel/list_patition_label.txt` (or `list_patition_label.txt` directly in `root`)
 //! with lines `train_00001.jpg 5`, labels 1..7 = Surprise, Fear, Disgust, Happiness, Sadness,
 //! Anger, Neutral; aligned images `Image/aligned/train_00001_aligned.jpg`.
 //!
@@ -47,6 +47,7 @@ pub fn load(root: &Path, kind: DatasetType) -> Result<FerDataset> {
             .filter(|l| (1..=7).contains(l))
             .ok_or_else(|| malformed(&list, line_number, format!("unknown label '{label}' (RAF-DB labels are 1-7)")))?;
         if !name.starts_with(prefix) {
+            dataset.other_split(name.split('_').next().unwrap_or_default());
             continue;
         }
         let path = image_path(root, name).ok_or_else(|| {

@@ -57,6 +57,11 @@ impl Recognition {
 /// (`adcorre::backend::host_xception`), which keeps up to 256 MiB of scratch between calls for the
 /// next one (`host_xception::release_scratch()` frees it).
 ///
+/// `TestModels` is `Send + Sync`: share one in an `Arc` across threads. Nothing serialises
+/// recognitions: a pass that finds the kept scratch in use allocates its own, and the matrix
+/// products of all passes share rayon's thread pool; only the first face detection creates the
+/// detector, once (`tests/reliability.rs` checks 8 threads x 200 recognitions against one).
+///
 /// ```no_run
 /// use adcorre::infer::TestModels;
 /// let models = TestModels::new("AffectNet_6336.mpk")?;

@@ -186,6 +186,7 @@ pub fn model_from_bytes<B: AdCorreBackend>(
     bytes: Vec<u8>,
     device: &B::Device,
 ) -> std::result::Result<(AdCorreNet<B>, ModelCard), String> {
+    super::record_check::check_record(&bytes).map_err(|reason| format!("cannot decode: {reason}"))?;
     let (format, card_json, record): FileRecord<B> =
         Recorder::<B>::load(&ModelRecorder::default(), bytes, device)
             .map_err(|err| format!("cannot decode: {}", decode_failure(err)))?;

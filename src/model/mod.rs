@@ -4,6 +4,7 @@ pub mod adcorre_net;
 pub mod checkpoint;
 pub mod heads;
 pub mod layers;
+pub(crate) mod record_check;
 pub mod xception;
 
 pub use adcorre_net::{global_average_pool, AdCorreNet, AdCorreNetConfig, AdCorreOutput};

@@ -90,6 +90,8 @@ impl TrainingRun {
                 let (model, card) = load_model::<B>(&folder.join("model.mpk"), device)?;
                 let bytes_path = folder.join("optimizer.mpk");
                 let bytes = std::fs::read(&bytes_path).map_err(|err| AdCorreError::io(&bytes_path, err))?;
+                crate::model::record_check::check_record(&bytes)
+                    .map_err(|reason| AdCorreError::InvalidModelFile { path: bytes_path.clone(), reason })?;
                 let record = Recorder::<B>::load(&StateRecorder::default(), bytes, device).map_err(|err| {
                     AdCorreError::InvalidModelFile {
                         path: bytes_path.clone(),

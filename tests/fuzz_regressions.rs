@@ -1,0 +1,75 @@
+//! Replays saved fuzz inputs through the functions the fuzz targets run (`fuzz/src/entries.rs`):
+//! the seeds in `fuzz/seeds/<target>/` and every input that once crashed, hung or allocated
+//! without bound, minimised, in `tests/fixtures/fuzz/<target>/`. No nightly needed: a crash
+//! found once stays fixed in the normal `cargo test`.
+
+#[path = "../fuzz/src/entries.rs"]
+#[allow(dead_code)]
+mod entries;
+
+use std::path::Path;
+
+type Entry = fn(&[u8]);
+
+const TARGETS: [(&str, Entry); 11] = [
+    ("keras_h5", entries::keras_h5),
+    ("model_mpk", entries::model_mpk),
+    ("npy", entries::npy),
+    ("npz", entries::npz),
+    ("fer2013_csv", entries::fer2013_csv),
+    ("ferplus_votes", entries::ferplus_votes),
+    ("rafdb_list", entries::rafdb_list),
+    ("affectnet_csv", entries::affectnet_csv),
+    ("image_preprocess", entries::image_preprocess),
+    ("face_detector", entries::face_detector),
+    ("train_config", entries::train_config),
+];
+
+fn inputs(folder: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(folder)
+        .into_iter()
+        .flatten()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_target_has_seeds_and_they_run_clean() {
+    for (target, run) in TARGETS {
+        let seeds = inputs(&Path::new("fuzz/seeds").join(target));
+        assert!(!seeds.is_empty(), "no seeds for {target}");
+        for seed in seeds {
+            run(&std::fs::read(&seed).unwrap());
+        }
+    }
+}
+
+#[test]
+fn inputs_that_once_failed_run_clean() {
+    let mut replayed = 0;
+    for folder in inputs_folders(Path::new("tests/fixtures/fuzz")) {
+        let name = folder.file_name().unwrap().to_string_lossy().into_owned();
+        let (_, run) = TARGETS
+            .iter()
+            .find(|(target, _)| *target == name)
+            .unwrap_or_else(|| panic!("tests/fixtures/fuzz/{name} is not a fuzz target"));
+        for input in inputs(&folder) {
+            run(&std::fs::read(&input).unwrap());
+            replayed += 1;
+        }
+    }
+    assert!(replayed >= 1, "the saved inputs are missing");
+}
+
+fn inputs_folders(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut folders: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_dir())
+        .collect();
+    folders.sort();
+    folders
+}
