@@ -5,6 +5,15 @@ use std::path::Path;
 
 use crate::error::{AdCorreError, Result};
 
+/// What names a temporary file of [`write_atomically`]: `.<name>.tmp-<pid>`.
+const TEMPORARY_MARK: &str = ".tmp-";
+
+/// Whether `file_name` is a temporary file [`write_atomically`] writes (left behind only by a
+/// process killed mid-write).
+pub fn is_temporary(file_name: &str) -> bool {
+    file_name.starts_with('.') && file_name.contains(TEMPORARY_MARK)
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory, flushed to disk
 /// and then renamed over `path`, so an interrupted write leaves any previous file intact.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -21,7 +30,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
             )
         })?
         .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let tmp = dir.join(format!(".{file_name}{TEMPORARY_MARK}{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;

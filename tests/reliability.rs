@@ -227,7 +227,7 @@ fn temporaries(dir: &Path) -> Vec<PathBuf> {
             let path = entry.path();
             if path.is_dir() {
                 folders.push(path);
-            } else if entry.file_name().to_string_lossy().contains(".tmp-") {
+            } else if adcorre::atomic_file::is_temporary(&entry.file_name().to_string_lossy()) {
                 found.push(path);
             }
         }

@@ -331,8 +331,8 @@ impl<B: AdCorreBackend> TestModels<B> {
 }
 
 impl<B: AdCorreBackend> TestModels<B> {
-    /// Refuses NaN, infinite and out-of-range input values (two reductions on the device; the
-    /// host copy is made only to name the first bad value).
+    /// Refuses NaN, infinite and out-of-range input values (element-wise comparisons and one sum
+    /// on the device; the host copy is made only to name the first bad value).
     fn check_values(&self, images: &Tensor<B, 4>) -> Result<()> {
         let [low, high] = self.card.value_range;
         let margin = 1e-4 * (high - low).abs();

@@ -166,19 +166,23 @@ pub fn load_model<B: AdCorreBackend>(path: &Path, device: &B::Device) -> Result<
     })
 }
 
-/// The decoder's complaint in words: its first line only (Burn appends advice about old
-/// record formats that does not apply to adcorre files).
-pub(crate) fn decode_failure(err: burn::record::RecorderError) -> String {
+/// Decodes a named-MessagePack record (model or optimizer state) after
+/// [`super::record_check`] has walked it; the error is the reason in words, the decoder's first
+/// line only (Burn appends advice about old record formats that does not apply here).
+pub(crate) fn decode_record<B: Backend, R: burn::record::Record<B>>(
+    bytes: Vec<u8>,
+    device: &B::Device,
+) -> std::result::Result<R, String> {
     use burn::record::RecorderError;
-    let message = match err {
-        RecorderError::FileNotFound(message) | RecorderError::DeserializeError(message) | RecorderError::Unknown(message) => message,
-    };
-    let first = message.lines().next().unwrap_or_default().trim();
-    if first.contains("UnexpectedEof") {
-        format!("the file ends early: truncated (an interrupted download or copy?) [{first}]")
-    } else {
-        format!("not an adcorre model, or corrupt [{first}]")
-    }
+    super::record_check::check_record(&bytes).map_err(|reason| format!("cannot decode: {reason}"))?;
+    Recorder::<B>::load(&ModelRecorder::default(), bytes, device).map_err(|err| {
+        let message = match err {
+            RecorderError::FileNotFound(message)
+            | RecorderError::DeserializeError(message)
+            | RecorderError::Unknown(message) => message,
+        };
+        format!("cannot decode: {}", super::record_check::describe_failure(message.lines().next().unwrap_or_default().trim()))
+    })
 }
 
 /// Decodes a network from the bytes of [`model_to_bytes`]; the error is the reason in words.
@@ -186,10 +190,7 @@ pub fn model_from_bytes<B: AdCorreBackend>(
     bytes: Vec<u8>,
     device: &B::Device,
 ) -> std::result::Result<(AdCorreNet<B>, ModelCard), String> {
-    super::record_check::check_record(&bytes).map_err(|reason| format!("cannot decode: {reason}"))?;
-    let (format, card_json, record): FileRecord<B> =
-        Recorder::<B>::load(&ModelRecorder::default(), bytes, device)
-            .map_err(|err| format!("cannot decode: {}", decode_failure(err)))?;
+    let (format, card_json, record): FileRecord<B> = decode_record(bytes, device)?;
     if format != MODEL_FORMAT {
         return Err(format!("format '{format}', expected '{MODEL_FORMAT}'"));
     }

@@ -96,14 +96,17 @@ impl<'de> Deserialize<'de> for Node {
 
 /// Refuses what Burn's record decoder would panic on; the error says what and where.
 pub(crate) fn check_record(bytes: &[u8]) -> Result<(), String> {
-    let root: Node = rmp_serde::from_slice(bytes).map_err(|err| {
-        if format!("{err:?}").contains("UnexpectedEof") {
-            format!("the file ends early: truncated (an interrupted download or copy?) [{err}]")
-        } else {
-            format!("not an adcorre model, or corrupt [not MessagePack: {err}]")
-        }
-    })?;
+    let root: Node = rmp_serde::from_slice(bytes).map_err(|err| describe_failure(&format!("{err:?}")))?;
     check(&root, "", 0)
+}
+
+/// A decoder's complaint in words: a truncated file said as such.
+pub(crate) fn describe_failure(detail: &str) -> String {
+    if detail.contains("UnexpectedEof") {
+        format!("the file ends early: truncated (an interrupted download or copy?) [{detail}]")
+    } else {
+        format!("not an adcorre model, or corrupt [{detail}]")
+    }
 }
 
 fn check(node: &Node, path: &str, depth: usize) -> Result<(), String> {

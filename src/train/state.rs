@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::optimizer::{model_optimizer, ModelOptimizer};
 use super::replicas::{Replicas, StepOutput};
 use super::{append_log, evaluate, save_checkpoint, truncate_log, TrainConfig, TrainReport};
-use crate::atomic_file::write_atomically;
+use crate::atomic_file::{is_temporary, write_atomically};
 use crate::backend::AdCorreAutodiffBackend;
 use crate::data::pipeline::{face_loader, FaceDataset, FaceDatasetConfig};
 use crate::data::PackedImages;
@@ -90,14 +90,8 @@ impl TrainingRun {
                 let (model, card) = load_model::<B>(&folder.join("model.mpk"), device)?;
                 let bytes_path = folder.join("optimizer.mpk");
                 let bytes = std::fs::read(&bytes_path).map_err(|err| AdCorreError::io(&bytes_path, err))?;
-                crate::model::record_check::check_record(&bytes)
+                let record = crate::model::checkpoint::decode_record(bytes, device)
                     .map_err(|reason| AdCorreError::InvalidModelFile { path: bytes_path.clone(), reason })?;
-                let record = Recorder::<B>::load(&StateRecorder::default(), bytes, device).map_err(|err| {
-                    AdCorreError::InvalidModelFile {
-                        path: bytes_path.clone(),
-                        reason: crate::model::checkpoint::decode_failure(err),
-                    }
-                })?;
                 optimizer = optimizer.load_record(record);
                 (model, state, card)
             }
@@ -300,8 +294,7 @@ fn remove_stale_temporaries(out_dir: &Path) {
         .chain(std::iter::once(out_dir.to_path_buf()));
     for folder in folders {
         for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') && name.contains(".tmp-") {
+            if is_temporary(&entry.file_name().to_string_lossy()) {
                 std::fs::remove_file(entry.path()).ok();
             }
         }
