@@ -20,6 +20,8 @@
 //! # Ok::<(), adcorre::AdCorreError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod atomic_file;
 pub mod backend;
 pub mod data;
@@ -27,10 +29,14 @@ pub mod detect;
 pub mod error;
 pub mod import;
 pub mod infer;
+#[cfg(feature = "train")]
 pub mod loss;
 pub mod metrics;
-pub mod train;
 pub mod model;
+#[cfg(feature = "serve")]
+pub mod serve;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{AdCorreError, Result};
 

@@ -1,5 +1,6 @@
 //! Dataset loaders on the real FER-2013 / FER+ data and on generated RAF-DB / AffectNet
 //! trees; preparation round trips; the input pipeline.
+#![cfg(feature = "train")]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Face detection (MTCNN): per-network parity with facenet-pytorch, detections on photos,
 //! malformed images, alignment.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! the seeds in `fuzz/seeds/<target>/` and every input that once crashed, hung or allocated
 //! without bound, minimised, in `tests/fixtures/fuzz/<target>/`. No nightly needed: a crash
 //! found once stays fixed in the normal `cargo test`.
+#![cfg(feature = "train")]
 
 #[path = "../fuzz/src/entries.rs"]
 #[allow(dead_code)]

@@ -1,4 +1,5 @@
 //! Recognising expressions: TestModels on real images, preprocessing, bad inputs, the CLI.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Keras import: numerical parity with the fixture model, layouts, and bad files.
-#![cfg(feature = "keras")]
+#![cfg(all(feature = "keras", feature = "train"))]
 
 mod common;
 

@@ -1,4 +1,5 @@
 //! The Ad-Corre loss: parity with the original's values, gradients, and edge cases.
+#![cfg(feature = "train")]
 
 mod common;
 

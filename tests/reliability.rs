@@ -2,6 +2,7 @@
 //! allocated, a training killed at random points resumes to the uninterrupted result, a failed
 //! write stops training with a typed error and leaves the last checkpoint usable, and one
 //! `TestModels` serves many threads.
+#![cfg(feature = "cli")]
 
 mod common;
 
@@ -19,7 +20,7 @@ use adcorre::model::{load_model, ModelCard};
 use adcorre::train::TrainConfig;
 use adcorre::AdCorreError;
 use burn::prelude::*;
-use common::{max_abs_diff, tiny_config, two_head_config, values};
+use common::{max_abs_diff, png_header, tiny_config, two_head_config, values};
 use ndarray_npy::WriteNpyExt;
 
 const FER_SAMPLE_CSV: &str = "../shared/data/fer2013_sample.csv";
@@ -134,32 +135,6 @@ fn an_empty_split_is_an_error_naming_the_split_and_what_the_folder_holds() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("Eval split is empty"));
 }
 
-/// A PNG declaring `width x height` 8-bit RGB: signature, IHDR, an empty IDAT, IEND.
-fn png_header(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &byte in bytes {
-            crc ^= byte as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-    let mut header = width.to_be_bytes().to_vec();
-    header.extend(height.to_be_bytes());
-    header.extend([8, 2, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, data) in [(b"IHDR", header), (b"IDAT", Vec::new()), (b"IEND", Vec::new())] {
-        let mut chunk = kind.to_vec();
-        chunk.extend(&data);
-        png.extend((data.len() as u32).to_be_bytes());
-        png.extend(&chunk);
-        png.extend(crc32(&chunk).to_be_bytes());
-    }
-    png
-}
-
 #[test]
 fn image_limits_refuse_large_declarations_before_decoding() {
     let limits = ImageLimits::default();
@@ -168,6 +143,12 @@ fn image_limits_refuse_large_declarations_before_decoding() {
     assert!(matches!(err, AdCorreError::LimitExceeded { .. }), "{text}");
     assert!(text.contains("huge.png") && text.contains("60000x60000") && text.contains("50000000 pixels"), "{text}");
     assert!(matches!(decode_image(&png_header(0, 5), "empty.png", &limits), Err(AdCorreError::Image { .. })));
+    // An upload cut short is the image's fault (an Image error), not an I/O failure.
+    let whole = std::fs::read("tests/fixtures/mtcnn/obama_libjpeg.png").unwrap();
+    let cut = decode_image(&whole[..whole.len() / 2], "cut.png", &limits).err();
+    assert!(matches!(cut, Some(AdCorreError::Image { .. })), "{cut:?}");
+    let header_only = decode_image(&png_header(64, 64)[..33], "header.png", &limits).err();
+    assert!(matches!(header_only, Some(AdCorreError::Image { .. })), "{header_only:?}");
     // Limits a caller sets apply to the files TestModels reads.
     let face = std::fs::read_dir(Path::new(FER_FOLDERS).join("test/happy")).unwrap().next().unwrap().unwrap().path();
     let models = two_head_models();

@@ -1,5 +1,6 @@
 //! Training: the loss falls, the Ad-Corre terms matter, resume equals an uninterrupted run,
 //! metrics, checkpoints.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -3,6 +3,7 @@
 //! on flex (host kernels) and ndarray (the generic formulations, which CUDA runs too), at odd
 //! sizes, batch 1, 1x1 planes and the strides and paddings Xception uses; and a training step of
 //! a whole reduced network, adcorre's operations against Burn's layers.
+#![cfg(feature = "train")]
 
 mod common;
 

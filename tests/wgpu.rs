@@ -6,7 +6,7 @@
 //!
 //! `cargo test --release --features ndarray,wgpu --test wgpu`
 
-#![cfg(all(feature = "wgpu", feature = "flex"))]
+#![cfg(all(feature = "wgpu", feature = "flex", feature = "cli"))]
 
 mod common;
 

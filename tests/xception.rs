@@ -1,5 +1,6 @@
 //! The Xception backbone and the Ad-Corre network: shapes, parameter count, TF "same"
 //! max-pooling, cross-backend agreement and save/load.
+#![cfg(feature = "train")]
 
 mod common;
 

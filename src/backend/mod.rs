@@ -37,9 +37,11 @@ pub type Wgpu = burn::backend::Wgpu;
 pub type WgpuUnfused = burn::backend::wgpu::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
 
 /// A backend with automatic differentiation, for training.
+#[cfg(feature = "train")]
 pub type Autodiff<B> = burn::backend::Autodiff<B>;
 
 /// The default CPU training backend.
+#[cfg(feature = "train")]
 pub type CpuAutodiff = Autodiff<Cpu>;
 
 /// The device of the default CPU backend.
@@ -47,6 +49,7 @@ pub fn cpu_device() -> burn::tensor::Device<Cpu> {
     Default::default()
 }
 
+#[cfg(feature = "train")]
 mod autodiff;
 #[cfg(feature = "flex")]
 mod flex;
@@ -61,7 +64,9 @@ mod host_training;
 pub mod host_xception;
 pub mod ops;
 
-pub use ops::{AdCorreAutodiffBackend, AdCorreBackend};
+pub use ops::AdCorreBackend;
+#[cfg(feature = "train")]
+pub use ops::AdCorreAutodiffBackend;
 
 #[cfg(feature = "ndarray")]
 impl AdCorreBackend for NdArray {}

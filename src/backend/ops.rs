@@ -18,6 +18,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::prelude::*;
+#[cfg(feature = "train")]
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::TensorPrimitive;
@@ -216,8 +217,10 @@ pub trait AdCorreBackend: Backend {
 }
 
 /// An autodiff backend whose inner backend also has adcorre's operations: what training needs.
+#[cfg(feature = "train")]
 pub trait AdCorreAutodiffBackend: AdCorreBackend + AutodiffBackend<InnerBackend: AdCorreBackend> {}
 
+#[cfg(feature = "train")]
 impl<B> AdCorreAutodiffBackend for B
 where
     B: AdCorreBackend + AutodiffBackend,

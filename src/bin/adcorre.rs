@@ -291,6 +291,40 @@ enum Command {
     },
     /// Measure inference latency and throughput (median after warm-up).
     Bench(BenchArgs),
+    /// Serve recognition over HTTP: POST /predict an image (raw body, or multipart field
+    /// `image`) for the JSON of `predict --json`; GET /health.
+    #[cfg(feature = "serve")]
+    Serve(ServeArgs),
+}
+
+/// Options of `adcorre serve`.
+#[cfg(feature = "serve")]
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// The model (.mpk, or .h5 with the keras feature); default: the shipped FER-2013 model.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Find the faces in each image first (MTCNN) and answer like `predict --faces --json`
+    /// (a request's `?faces=false` turns it off).
+    #[arg(long)]
+    faces: bool,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = adcorre::serve::ServeConfig::default().max_body_bytes)]
+    max_body_bytes: usize,
+    /// Recognitions running at once (default: CPUs, at most 4).
+    #[arg(long)]
+    max_concurrent: Option<usize>,
+    /// Requests that may wait for a free slot before the service answers 503.
+    #[arg(long, default_value_t = adcorre::serve::ServeConfig::default().max_queued)]
+    max_queued: usize,
+    #[arg(long, help = BACKEND_HELP)]
+    backend: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -376,7 +410,42 @@ fn run(cli: Cli) -> Result<()> {
             backend,
         } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch, test_time_flip)),
         Command::Bench(args) => bench(&args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => on_backend!(args.backend.as_deref(), serve(&args)),
     }
+}
+
+/// `adcorre serve`: loads the model, binds, prints the address, serves until Ctrl-C.
+#[cfg(feature = "serve")]
+fn serve<B: AdCorreBackend>(args: &ServeArgs) -> Result<()>
+where
+    TestModels<B>: Send + Sync + 'static,
+{
+    let defaults = adcorre::serve::ServeConfig::default();
+    let config = adcorre::serve::ServeConfig {
+        max_body_bytes: args.max_body_bytes,
+        max_concurrent: args.max_concurrent.unwrap_or(defaults.max_concurrent),
+        max_queued: args.max_queued,
+        faces: args.faces,
+    };
+    let models = std::sync::Arc::new(load_models::<B>(args.model.as_deref(), &B::Device::default())?);
+    let address = format!("{}:{}", args.host, args.port);
+    let runtime = tokio::runtime::Runtime::new().map_err(|err| AdCorreError::Config(format!("cannot start the server: {err}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|err| AdCorreError::Config(format!("cannot listen on {address}: {err}")))?;
+        let bound = listener.local_addr().map_err(|err| AdCorreError::Config(err.to_string()))?;
+        println!("adcorre serve: listening on http://{bound} (POST /predict, GET /health)");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        adcorre::serve::serve(listener, models, config, shutdown)
+            .await
+            .map_err(|err| AdCorreError::Config(format!("the server stopped: {err}")))
+    })
 }
 
 #[cfg(feature = "keras")]
@@ -463,27 +532,6 @@ struct PredictOutput {
     annotate: Option<PathBuf>,
 }
 
-/// The JSON of one recognition: expression, label, probabilities by class (and embeddings).
-fn recognition_json(recognition: &Recognition, with_embeddings: bool) -> serde_json::Map<String, serde_json::Value> {
-    let mut object = serde_json::Map::new();
-    object.insert("expression".into(), serde_json::json!(recognition.expression));
-    object.insert("label".into(), serde_json::json!(recognition.label));
-    object.insert(
-        "probabilities".into(),
-        serde_json::Value::Object(
-            recognition
-                .probabilities
-                .iter()
-                .map(|c| (c.name.clone(), serde_json::json!(c.probability)))
-                .collect(),
-        ),
-    );
-    if with_embeddings {
-        object.insert("embeddings".into(), serde_json::json!(recognition.embeddings));
-    }
-    object
-}
-
 /// The three most probable classes, as "Happy 0.912, Neutral 0.051, ...".
 fn top_classes(recognition: &Recognition) -> String {
     let mut ranked = recognition.probabilities.clone();
@@ -540,16 +588,8 @@ fn predict_faces<B: AdCorreBackend>(model: Option<&Path>, output: &PredictOutput
         let image = adcorre::infer::preprocess::open_image(path)?;
         let found = models.recognize_faces_in_image(&image)?;
         if output.json {
-            let faces: Vec<serde_json::Value> = found
-                .iter()
-                .map(|f| {
-                    let mut object = serde_json::json!(f.face);
-                    if let Some(fields) = object.as_object_mut() {
-                        fields.extend(recognition_json(&f.recognition, output.embeddings));
-                    }
-                    object
-                })
-                .collect();
+            let faces: Vec<serde_json::Value> =
+                found.iter().map(|f| serde_json::Value::Object(f.to_json(output.embeddings))).collect();
             println!("{}", serde_json::json!({ "input": path.display().to_string(), "faces": faces }));
         } else {
             println!("{}: {} face{}", path.display(), found.len(), if found.len() == 1 { "" } else { "s" });
@@ -624,7 +664,7 @@ fn predict<B: AdCorreBackend>(
         if output.json {
             let mut object = serde_json::Map::new();
             object.insert("input".into(), serde_json::json!(input));
-            object.extend(recognition_json(recognition, output.embeddings));
+            object.extend(recognition.to_json(output.embeddings));
             println!("{}", serde_json::Value::Object(object));
         } else {
             println!("{input}: {}  ({})", recognition.expression, top_classes(recognition));

@@ -1,20 +1,34 @@
-//! Datasets: loaders for each format (one file per format), preparation into a fast packed
-//! form, and the training input pipeline.
+//! Datasets and array files. Always here: the expression classes ([`Expression`]) and `.npy` /
+//! `.npz` reading ([`npy`]). With the `train` feature: loaders for each format (one file per
+//! format), preparation into a fast packed form, augmentation and the training input pipeline.
 
-pub mod affectnet;
-pub mod dataset;
 pub mod expression;
-pub mod fer2013;
-pub mod ferplus;
-pub mod image_folder;
 pub mod npy;
-pub mod rafdb;
 
-pub use dataset::{load_dataset, DatasetName, DatasetType, FerDataset, ImageSource, Sample};
 pub use expression::Expression;
-pub mod augment;
-pub mod prepared;
 
-pub use prepared::{prepare, PackedImages};
+#[cfg(feature = "train")]
+pub mod affectnet;
+#[cfg(feature = "train")]
+pub mod augment;
+#[cfg(feature = "train")]
+pub mod dataset;
+#[cfg(feature = "train")]
+pub mod fer2013;
+#[cfg(feature = "train")]
+pub mod ferplus;
+#[cfg(feature = "train")]
+pub mod image_folder;
+#[cfg(feature = "train")]
 pub mod pipeline;
+#[cfg(feature = "train")]
+pub mod prepared;
+#[cfg(feature = "train")]
+pub mod rafdb;
+#[cfg(feature = "train")]
 pub mod synthetic;
+
+#[cfg(feature = "train")]
+pub use dataset::{load_dataset, DatasetName, DatasetType, FerDataset, ImageSource, Sample};
+#[cfg(feature = "train")]
+pub use prepared::{prepare, PackedImages};

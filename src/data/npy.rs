@@ -10,13 +10,36 @@ use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use ndarray::ArrayD;
-use ndarray_npy::{ReadNpyExt, ReadableElement};
+use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 
 use crate::error::{AdCorreError, Result};
 
 /// Longest `.npy` header accepted (NumPy itself refuses more than 10,000 bytes by default).
 pub const MAX_HEADER_BYTES: usize = 65_536;
+
+/// An element type this reader takes: its NumPy type code (`f4`, `i8`, ...) and how to decode
+/// one little- or big-endian value.
+pub trait NpyElement: Copy {
+    /// NumPy's type code without the byte-order mark, e.g. `f4`.
+    const TYPE_CODE: &'static str;
+    /// Decodes one value from its `size_of::<Self>()` bytes.
+    fn decode(bytes: &[u8], big_endian: bool) -> Self;
+}
+
+macro_rules! npy_element {
+    ($($ty:ty => $code:literal),* $(,)?) => {$(
+        impl NpyElement for $ty {
+            const TYPE_CODE: &'static str = $code;
+            fn decode(bytes: &[u8], big_endian: bool) -> Self {
+                let mut raw = [0u8; std::mem::size_of::<$ty>()];
+                raw.copy_from_slice(bytes);
+                if big_endian { <$ty>::from_be_bytes(raw) } else { <$ty>::from_le_bytes(raw) }
+            }
+        }
+    )*};
+}
+
+npy_element!(f32 => "f4", f64 => "f8", u8 => "u1", i8 => "i1", i32 => "i4", i64 => "i8", u32 => "u4", u64 => "u8");
 
 /// The header of a `.npy` array: element type, memory order and shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,36 +179,52 @@ fn array_error(path: &Path, name: &str, reason: impl Into<String>) -> AdCorreErr
 }
 
 /// Parses and checks the header at the start of `source` (`total` bytes long), then reads the
-/// array as `T`; `source` is left at its end.
-fn read_checked<T: ReadableElement, R: Read + Seek>(
-    mut source: R,
-    total: u64,
-    path: &Path,
-    name: &str,
-) -> Result<ArrayD<T>> {
+/// array as `T` (C or Fortran order, either byte order); `source` is left at its end.
+fn read_checked<T: NpyElement, R: Read + Seek>(mut source: R, total: u64, path: &Path, name: &str) -> Result<ArrayD<T>> {
     let mut prefix = vec![0u8; (MAX_HEADER_BYTES as u64 + 12).min(total) as usize];
     source.read_exact(&mut prefix).map_err(|err| array_error(path, name, err.to_string()))?;
     let header = NpyHeader::parse(&prefix).map_err(|reason| array_error(path, name, reason))?;
     header
         .check_length(total - header.data_offset as u64)
         .map_err(|reason| array_error(path, name, reason))?;
-    source.seek(SeekFrom::Start(0)).map_err(|err| array_error(path, name, err.to_string()))?;
-    ArrayD::<T>::read_npy(source).map_err(|err| {
-        let reason = match err {
-            ndarray_npy::ReadNpyError::WrongDescriptor(_) => format!(
+    let (order, code) = header.descr.split_at(1.min(header.descr.len()));
+    let one_byte = std::mem::size_of::<T>() == 1;
+    let big_endian = match order {
+        "<" | "=" => false,
+        ">" => true,
+        "|" if one_byte => false,
+        _ => return Err(array_error(path, name, format!("unsupported byte order in '{}'", header.descr))),
+    };
+    if code != T::TYPE_CODE {
+        return Err(array_error(
+            path,
+            name,
+            format!(
                 "holds {} ('{}'), which this reader does not take as {}",
                 describe_descr(&header.descr),
                 header.descr,
                 std::any::type_name::<T>()
             ),
-            other => other.to_string(),
-        };
-        array_error(path, name, reason)
-    })
+        ));
+    }
+    source
+        .seek(SeekFrom::Start(header.data_offset as u64))
+        .map_err(|err| array_error(path, name, err.to_string()))?;
+    // check_length has tied this size to the bytes really present.
+    let mut bytes = vec![0u8; (total - header.data_offset as u64) as usize];
+    source.read_exact(&mut bytes).map_err(|err| array_error(path, name, err.to_string()))?;
+    let values: Vec<T> = bytes.chunks_exact(std::mem::size_of::<T>()).map(|b| T::decode(b, big_endian)).collect();
+    let shape = IxDyn(&header.shape);
+    let array = if header.fortran_order {
+        ArrayD::from_shape_vec(shape.f(), values)
+    } else {
+        ArrayD::from_shape_vec(shape, values)
+    };
+    array.map_err(|err| array_error(path, name, err.to_string()))
 }
 
 /// Reads a whole `.npy` file with element type `T`, checking its header first.
-pub fn read_npy<T: ReadableElement>(path: &Path) -> Result<ArrayD<T>> {
+pub fn read_npy<T: NpyElement>(path: &Path) -> Result<ArrayD<T>> {
     let file = File::open(path).map_err(|err| AdCorreError::io(path, err))?;
     let total = file.metadata().map_err(|err| AdCorreError::io(path, err))?.len();
     let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -254,7 +293,7 @@ impl<R: Read + Seek> NpzFile<R> {
     }
 
     /// Reads the array `name` (with or without `.npy`) with element type `T`.
-    pub fn array<T: ReadableElement>(&mut self, name: &str) -> Result<ArrayD<T>> {
+    pub fn array<T: NpyElement>(&mut self, name: &str) -> Result<ArrayD<T>> {
         let entry_name = if name.ends_with(".npy") { name.to_string() } else { format!("{name}.npy") };
         let mut entry = self
             .archive

@@ -1,5 +1,18 @@
 //! Import of weights trained elsewhere (the authors' Keras models, facenet-pytorch's MTCNN),
 //! kept apart from the models.
+//!
+//! ```no_run
+//! # #[cfg(feature = "keras")] {
+//! use adcorre::backend::{cpu_device, Cpu};
+//! use adcorre::import::keras::import_keras;
+//! use adcorre::model::save_model;
+//!
+//! // The authors' AffectNet model (CC BY-NC-ND 4.0: not for commercial use).
+//! let (net, card) = import_keras::<Cpu>("AffectNet_6336.h5".as_ref(), &cpu_device())?;
+//! save_model(&net, &card, "AffectNet_6336.mpk".as_ref())?;
+//! # }
+//! # Ok::<(), adcorre::AdCorreError>(())
+//! ```
 
 #[cfg(feature = "keras")]
 pub mod keras;

@@ -49,6 +49,25 @@ impl Recognition {
     pub fn confidence(&self) -> f32 {
         self.probabilities[self.label].probability
     }
+
+    /// The JSON object `adcorre predict --json` and `adcorre serve` report: `expression`,
+    /// `label`, `probabilities` by class name in the model's class order, and the `embeddings`
+    /// when asked.
+    pub fn to_json(&self, with_embeddings: bool) -> serde_json::Map<String, serde_json::Value> {
+        let mut object = serde_json::Map::new();
+        object.insert("expression".into(), serde_json::json!(self.expression));
+        object.insert("label".into(), serde_json::json!(self.label));
+        let probabilities = self
+            .probabilities
+            .iter()
+            .map(|c| (c.name.clone(), serde_json::json!(c.probability)))
+            .collect();
+        object.insert("probabilities".into(), serde_json::Value::Object(probabilities));
+        if with_embeddings {
+            object.insert("embeddings".into(), serde_json::json!(self.embeddings));
+        }
+        object
+    }
 }
 
 /// A trained Ad-Corre model ready to recognise expressions (the release's `TestModels`).
@@ -85,6 +104,20 @@ pub struct FaceRecognition {
     pub face: DetectedFace,
     /// The expression recognised in the face's crop.
     pub recognition: Recognition,
+}
+
+impl FaceRecognition {
+    /// The JSON object of one face in `adcorre predict --faces --json` and `adcorre serve`:
+    /// the detection's fields (`box`, `probability`, `landmarks`) and the recognition's
+    /// ([`Recognition::to_json`]).
+    pub fn to_json(&self, with_embeddings: bool) -> serde_json::Map<String, serde_json::Value> {
+        let mut object = match serde_json::to_value(&self.face) {
+            Ok(serde_json::Value::Object(fields)) => fields,
+            _ => serde_json::Map::new(),
+        };
+        object.extend(self.recognition.to_json(with_embeddings));
+        object
+    }
 }
 
 /// The expression model that ships with the crate (feature `shipped-model`): a narrow
@@ -181,6 +214,11 @@ impl<B: AdCorreBackend> TestModels<B> {
     /// The network (batch normalisation folded: for inference only).
     pub fn model(&self) -> &AdCorreNet<B> {
         &self.model
+    }
+
+    /// The limits images are decoded within.
+    pub fn image_limits(&self) -> &ImageLimits {
+        &self.image_limits
     }
 
     /// Recognises the expression in an image file.

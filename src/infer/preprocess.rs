@@ -75,6 +75,11 @@ fn decode_limited<R: std::io::BufRead + std::io::Seek>(
 ) -> Result<DynamicImage> {
     use image::ImageDecoder;
     let image_error = |err: image::ImageError| match err {
+        // The bytes end inside the image: a truncated file or upload, not a failing disk.
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => AdCorreError::Image {
+            path: path.to_path_buf(),
+            reason: "the image data ends early (truncated?)".into(),
+        },
         image::ImageError::IoError(io) => AdCorreError::io(path, io),
         image::ImageError::Limits(limit) => AdCorreError::LimitExceeded {
             path: path.to_path_buf(),

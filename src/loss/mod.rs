@@ -1,6 +1,22 @@
 //! The Ad-Corre loss: cross-entropy jointly with the Feature, Mean and Embedding
 //! Discriminators, all differentiable (the release computed the discriminators in NumPy, so
 //! they never sent a gradient to the network).
+//!
+//! ```
+//! use adcorre::backend::{cpu_device, Cpu};
+//! use adcorre::loss::AdCorreLossConfig;
+//! use adcorre::model::l2_normalize;
+//! use burn::tensor::{Distribution, Tensor};
+//!
+//! let device = cpu_device();
+//! let mut loss = AdCorreLossConfig::default().init(7)?; // the paper's weights, 7 classes
+//! let logits = Tensor::<Cpu, 2>::random([4, 7], Distribution::Normal(0.0, 1.0), &device);
+//! let embeddings = l2_normalize(Tensor::<Cpu, 3>::random([2, 4, 16], Distribution::Normal(0.0, 1.0), &device));
+//! let terms = loss.forward(logits, embeddings, &[0, 1, 1, 3])?;
+//! let values = terms.values()?;
+//! assert!(values.total.is_finite() && values.ce > 0.0);
+//! # Ok::<(), adcorre::AdCorreError>(())
+//! ```
 
 pub mod case;
 pub mod confusion;

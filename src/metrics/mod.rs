@@ -1,5 +1,16 @@
 //! Classification metrics: confusion matrix, accuracy, average per-class accuracy, and
 //! per-class precision, recall and F1; a picture of the confusion matrix.
+//!
+//! ```
+//! use adcorre::metrics::ConfusionMatrix;
+//!
+//! let mut confusion = ConfusionMatrix::new(3);
+//! confusion.add(&[0, 0, 1, 2], &[0, 1, 1, 2])?; // true labels, predictions
+//! let metrics = confusion.metrics();
+//! assert_eq!(metrics.accuracy, 0.75);
+//! assert_eq!(metrics.recall, vec![0.5, 1.0, 1.0]);
+//! # Ok::<(), adcorre::AdCorreError>(())
+//! ```
 
 pub mod plot;
 

@@ -1,6 +1,19 @@
 //! Training and evaluation: [`TrainModel`] (the release's entry point) runs the Ad-Corre loss
 //! over a dataset with Adam and Keras-style learning-rate decay, evaluates after every epoch,
 //! writes checkpoints atomically and can resume.
+//!
+//! ```no_run
+//! use adcorre::data::{DatasetName, DatasetType};
+//! use adcorre::train::TrainModel;
+//!
+//! // FER-2013 from its folders (train/, test/ by class), 10 epochs; checkpoints go to ./runs.
+//! let report = TrainModel::new(DatasetName::Fer2013, DatasetType::Train)
+//!     .data_root("fer2013")
+//!     .epochs(10)
+//!     .train("xcp", "./runs")?;
+//! println!("last epoch: {:.4} accuracy", report.epochs.last().map_or(0.0, |m| m.accuracy));
+//! # Ok::<(), adcorre::AdCorreError>(())
+//! ```
 
 pub mod optimizer;
 mod replicas;
