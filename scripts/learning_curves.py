@@ -29,13 +29,18 @@ def read_run(path):
                 "accuracy": metrics["accuracy"],
                 "average_class_accuracy": metrics["average_class_accuracy"],
             }
-    sums = {}
+    # One row per step: logs written before resume cut them back may repeat the steps a killed
+    # run logged past its last checkpoint; the resumed run's rows (the later ones) count.
+    steps = {}
     with open(os.path.join(path, "training_log.csv")) as f:
         for row in csv.DictReader(f):
-            s = sums.setdefault(int(row["epoch"]), [0.0, 0.0, 0])
-            s[0] += float(row["ce"])
-            s[1] += float(row["batch_accuracy"])
-            s[2] += 1
+            steps[int(row["step"])] = row
+    sums = {}
+    for row in steps.values():
+        s = sums.setdefault(int(row["epoch"]), [0.0, 0.0, 0])
+        s[0] += float(row["ce"])
+        s[1] += float(row["batch_accuracy"])
+        s[2] += 1
     for epoch, (ce, acc, n) in sums.items():
         if epoch in epochs:
             epochs[epoch]["train_ce"] = ce / n
