@@ -15,6 +15,6 @@ cargo fetch --quiet
 crates=$(cargo tree -e normal --prefix none | sed 's/ (\*)//' | sort -u | grep -vc '^minimal_app ')
 start=$(date +%s.%N)
 CARGO_TARGET_DIR="$work/target" cargo build --release --quiet
-seconds=$(echo "$(date +%s.%N) - $start" | bc)
+seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
 size=$(stat -c %s "$work/target/release/minimal_app")
 printf '{"crates": %d, "cold_build_seconds": %.1f, "binary_bytes": %d, "cpus": %d}\n' "$crates" "$seconds" "$size" "$(nproc)"
