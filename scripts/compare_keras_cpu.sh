@@ -1,37 +1,53 @@
 #!/usr/bin/env bash
 # Peer comparison on this machine's CPU, in one run: TensorFlow/Keras (the original
-# implementation) vs adcorre, inference of the published architecture at 224x224, batch 1 and 8.
-# Prints each side's ms/image and the ratio ours / TensorFlow (lower is better; <= 1.0 is the goal).
+# implementation) and ONNX Runtime (the same fixture converted with tf2onnx) vs adcorre,
+# inference of the published architecture at 224x224, batch 1 and 8. Prints the instruction set,
+# each side's ms/image and the ratios ours / TensorFlow and ours / ONNX Runtime (lower is better;
+# <= 1.0 is the goal).
 #
 # Variants of ours: Burn's generic operations with batch norm unfolded, then folded, then
 # adcorre's one-pass host backbone (what `TestModels` runs on flex).
 # BASELINE_BIN=path/to/an/older/adcorre adds
 # that binary's default inference to the same run (e.g. a build of an earlier commit).
 #
-# Needs: pip install tensorflow-cpu tf-keras   (development machine only; CI does not run this)
-# Usage: [BASELINE_BIN=...] scripts/compare_keras_cpu.sh [cargo features, e.g. "--features ndarray"]
+# Needs: pip install tensorflow-cpu tf-keras tf2onnx onnxruntime (development machine only; CI does
+# not run this); PYTHON names that environment's python (default python3). The ONNX file is
+# converted once into target/peers/.
+# Usage: [PYTHON=...] [BASELINE_BIN=...] scripts/compare_keras_cpu.sh [cargo features, e.g. "--features ndarray"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=../shared
 model=$shared/fixtures/keras/adcorre_xcp7.h5
 
+python=${PYTHON:-python3}
+if grep -qw avx512f /proc/cpuinfo; then isa="AVX-512"; elif grep -qw avx2 /proc/cpuinfo; then isa="AVX2"; else isa="no AVX2"; fi
+echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, instruction set $isa"
+
 cargo build --release --bin adcorre ${1:-} >/dev/null
-tf_out=$(TF_USE_LEGACY_KERAS=1 python3 "$shared/bench/keras_cpu_bench.py" "$model")
+onnx=target/peers/adcorre_xcp7.onnx
+if [ ! -s "$onnx" ]; then
+    mkdir -p target/peers
+    TF_USE_LEGACY_KERAS=1 "$python" "$shared/bench/keras_to_onnx.py" "$model" "$onnx" 2>/dev/null | grep dprob
+fi
+tf_out=$(TF_USE_LEGACY_KERAS=1 "$python" "$shared/bench/keras_cpu_bench.py" "$model" 2>/dev/null)
 echo "$tf_out"
+ort_out=$("$python" "$shared/bench/ort_bench.py" "$onnx" 10)
+echo "$ort_out"
 report() {
-    python3 - "$1" "$2" "$3" "$4" <<'PY'
+    python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
 import json, sys
-ours, tf_s, batch, label = json.loads(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-tf_ms = tf_s * 1e3 / batch
-print(f"batch {batch}: {label}: {ours['ms_per_image']:.1f} ms/image, "
-      f"TensorFlow {tf_ms:.1f} ms/image, ratio {ours['ms_per_image'] / tf_ms:.2f}")
+ours, tf_s, ort_s, batch, label = json.loads(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+tf_ms, ort_ms, ms = tf_s * 1e3 / batch, ort_s * 1e3 / batch, ours["ms_per_image"]
+print(f"batch {batch}: {label}: {ms:.1f} ms/image; TensorFlow {tf_ms:.1f}, ratio {ms / tf_ms:.2f}; "
+      f"ONNX Runtime {ort_ms:.1f}, ratio {ms / ort_ms:.2f}")
 PY
 }
 for batch in 1 8; do
     tf_s=$(echo "$tf_out" | sed -n "s/.*bs=$batch hw=224 median=\([0-9.]*\)s.*/\1/p")
+    ort_s=$(echo "$ort_out" | sed -n "s/.*bs=$batch hw=224 median=\([0-9.]*\)s.*/\1/p")
     if [ -n "${BASELINE_BIN:-}" ]; then
         report "$("$BASELINE_BIN" bench --model "$model" --batch "$batch" --iters 5 --json)" \
-            "$tf_s" "$batch" "baseline $(basename "$BASELINE_BIN")"
+            "$tf_s" "$ort_s" "$batch" "baseline $(basename "$BASELINE_BIN")"
     fi
     for variant in "--no-fold --burn-ops" "--burn-ops" ""; do
         case "$variant" in
@@ -41,6 +57,6 @@ for batch in 1 8; do
         esac
         # shellcheck disable=SC2086
         report "$(./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json $variant)" \
-            "$tf_s" "$batch" "adcorre $label"
+            "$tf_s" "$ort_s" "$batch" "adcorre $label"
     done
 done
