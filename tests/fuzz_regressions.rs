@@ -26,21 +26,22 @@ const TARGETS: [(&str, Entry); 11] = [
     ("train_config", entries::train_config),
 ];
 
-fn inputs(folder: &Path) -> Vec<std::path::PathBuf> {
-    let mut files: Vec<_> = std::fs::read_dir(folder)
+/// The files (or, with `folders`, the subfolders) of `folder`, sorted; none if it is missing.
+fn entries(folder: &Path, folders: bool) -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<_> = std::fs::read_dir(folder)
         .into_iter()
         .flatten()
         .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_file())
+        .filter(|path| if folders { path.is_dir() } else { path.is_file() })
         .collect();
-    files.sort();
-    files
+    paths.sort();
+    paths
 }
 
 #[test]
 fn every_target_has_seeds_and_they_run_clean() {
     for (target, run) in TARGETS {
-        let seeds = inputs(&Path::new("fuzz/seeds").join(target));
+        let seeds = entries(&Path::new("fuzz/seeds").join(target), false);
         assert!(!seeds.is_empty(), "no seeds for {target}");
         for seed in seeds {
             run(&std::fs::read(&seed).unwrap());
@@ -51,26 +52,16 @@ fn every_target_has_seeds_and_they_run_clean() {
 #[test]
 fn inputs_that_once_failed_run_clean() {
     let mut replayed = 0;
-    for folder in inputs_folders(Path::new("tests/fixtures/fuzz")) {
+    for folder in entries(Path::new("tests/fixtures/fuzz"), true) {
         let name = folder.file_name().unwrap().to_string_lossy().into_owned();
         let (_, run) = TARGETS
             .iter()
             .find(|(target, _)| *target == name)
             .unwrap_or_else(|| panic!("tests/fixtures/fuzz/{name} is not a fuzz target"));
-        for input in inputs(&folder) {
+        for input in entries(&folder, false) {
             run(&std::fs::read(&input).unwrap());
             replayed += 1;
         }
     }
     assert!(replayed >= 1, "the saved inputs are missing");
-}
-
-fn inputs_folders(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut folders: Vec<_> = std::fs::read_dir(root)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.is_dir())
-        .collect();
-    folders.sort();
-    folders
 }

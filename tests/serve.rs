@@ -47,28 +47,23 @@ impl Server {
     }
 
     fn post(&self, path_and_query: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-        let answer = ureq::post(&format!("{}{path_and_query}", self.url))
-            .set("Content-Type", content_type)
-            .send_bytes(body);
-        let response = match answer {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(other) => panic!("request failed: {other}"),
-        };
-        let status = response.status();
-        let text = response.into_string().unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+        answer(ureq::post(&format!("{}{path_and_query}", self.url)).set("Content-Type", content_type).send_bytes(body))
     }
 
     fn get(&self, path: &str) -> (u16, Value) {
-        let response = match ureq::get(&format!("{}{path}", self.url)).call() {
-            Ok(response) => response,
-            Err(ureq::Error::Status(_, response)) => response,
-            Err(other) => panic!("request failed: {other}"),
-        };
-        let status = response.status();
-        (status, serde_json::from_str(&response.into_string().unwrap()).unwrap())
+        answer(ureq::get(&format!("{}{path}", self.url)).call())
     }
+}
+
+/// A reply's status and JSON body, error statuses included.
+fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(other) => panic!("request failed: {other}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
 }
 
 impl Drop for Server {
