@@ -9,7 +9,7 @@ use std::process::Command;
 use adcorre::backend::{cpu_device, Cpu};
 use adcorre::infer::preprocess::image_to_chw;
 use adcorre::infer::TestModels;
-use adcorre::model::{save_model, AdCorreNetConfig, ModelCard, XceptionConfig};
+use adcorre::model::{save_model, AdCorreNetConfig, ModelCard, TestTimeViews, XceptionConfig};
 use adcorre::AdCorreError;
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, Rgba, RgbaImage};
 
@@ -116,10 +116,11 @@ fn test_time_flip_averages_an_image_and_its_mirror() {
         .zip(common::values(net.probabilities(mirrored.clone())))
         .map(|(a, b)| (a + b) / 2.0)
         .collect();
-    let flipped = net.forward_test_time_flip(images.clone());
+    let flip = TestTimeViews { flip: true, crop: None };
+    let flipped = net.forward_test_time(images.clone(), flip);
     let averaged = common::values(flipped.probabilities());
     assert!(common::max_abs_diff(&averaged, &expected) < 1e-6);
-    let of_mirror = common::values(net.forward_test_time_flip(mirrored.clone()).probabilities());
+    let of_mirror = common::values(net.forward_test_time(mirrored.clone(), flip).probabilities());
     assert!(common::max_abs_diff(&averaged, &of_mirror) < 1e-6, "mirror-invariant");
     assert_eq!(common::values(flipped.embeddings), common::values(net.forward(images.clone()).embeddings));
     let plain = common::values(net.probabilities(images.clone()));
@@ -130,6 +131,52 @@ fn test_time_flip_averages_an_image_and_its_mirror() {
     let recognitions = models.recognize_tensor(images).unwrap();
     let recognised: Vec<f32> = recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect();
     assert!(common::max_abs_diff(&recognised, &averaged) < 1e-6);
+}
+
+/// The test-time crop adds the centred crop (resized back to full size) to the averaged views,
+/// and its mirror image with the flip: four views, each weighed the same; a card asks for it,
+/// and a crop outside (0, 1] is a configuration error.
+#[test]
+fn test_time_crop_averages_the_centred_crop_and_its_mirror() {
+    use burn::tensor::module::interpolate;
+    use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+    let config = common::two_head_config();
+    let device = cpu_device();
+    let net = common::calibrate(config.init::<Cpu>(&device), 5).fold_batch_norm();
+    let images = common::test_images::<Cpu>([2, 3, 40, 40], 11, &device);
+    // 0.9 x 40 = 36: the crop starts 2 pixels in from each side.
+    let crop = interpolate(
+        images.clone().slice([0..2, 0..3, 2..38, 2..38]),
+        [40, 40],
+        InterpolateOptions { mode: InterpolateMode::Bilinear, align_corners: false },
+    );
+    let views = [images.clone(), crop.clone(), images.clone().flip([3]), crop.flip([3])];
+    let probabilities: Vec<Vec<f32>> = views.into_iter().map(|view| common::values(net.probabilities(view))).collect();
+    let mean = |count: usize| -> Vec<f32> {
+        (0..probabilities[0].len()).map(|i| probabilities[..count].iter().map(|p| p[i]).sum::<f32>() / count as f32).collect()
+    };
+    let crop_only = common::values(net.forward_test_time(images.clone(), TestTimeViews { flip: false, crop: Some(0.9) }).probabilities());
+    assert!(common::max_abs_diff(&crop_only, &mean(2)) < 1e-6);
+    let both = TestTimeViews { flip: true, crop: Some(0.9) };
+    assert_eq!(both.count(), 4);
+    let four = net.forward_test_time(images.clone(), both);
+    let averaged = common::values(four.probabilities());
+    // The views are ordered image, crop, their mirrors: the mean of all four.
+    let expected: Vec<f32> = (0..averaged.len()).map(|i| probabilities.iter().map(|p| p[i]).sum::<f32>() / 4.0).collect();
+    assert!(common::max_abs_diff(&averaged, &expected) < 1e-6);
+    assert!(common::max_abs_diff(&averaged, &mean(2)) > 1e-5, "the mirrors must count");
+    assert_eq!(common::values(four.embeddings), common::values(net.forward(images.clone()).embeddings));
+
+    let card = ModelCard::new(config.clone()).with_input_size(40).with_test_time_flip(true).with_test_time_crop(Some(0.9));
+    assert_eq!(card.test_time_views(), both);
+    let models = TestModels::from_model(net, card, &device);
+    let recognitions = models.recognize_tensor(images).unwrap();
+    let recognised: Vec<f32> = recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect();
+    assert!(common::max_abs_diff(&recognised, &averaged) < 1e-6);
+    for bad in [0.0, 1.5, f32::NAN] {
+        let card = ModelCard::new(config.clone()).with_test_time_crop(Some(bad));
+        assert!(matches!(card.validate(), Err(AdCorreError::Config(_))), "crop {bad}");
+    }
 }
 
 #[test]
@@ -279,6 +326,8 @@ fn cli_predicts_with_the_shipped_model_and_edits_cards() {
         model.to_str().unwrap(),
         "--set-test-time-flip",
         "true",
+        "--set-test-time-crop",
+        "0.85",
         "--set-face-crop",
         "aligned:0.25",
         "--out",
@@ -287,8 +336,14 @@ fn cli_predicts_with_the_shipped_model_and_edits_cards() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let card = TestModels::new(&changed).unwrap().card().clone();
     assert!(card.test_time_flip);
+    assert_eq!(card.test_time_crop, Some(0.85));
     assert_eq!(card.face_crop, adcorre::detect::align::FaceCrop::Aligned { margin: 0.25 });
     let out = adcorre(&["card", model.to_str().unwrap(), "--set-face-crop", "square:1"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("box:MARGIN"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = adcorre(&["card", model.to_str().unwrap(), "--set-test-time-crop", "1.5", "--out", changed.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fraction in (0, 1]"), "{}", String::from_utf8_lossy(&out.stderr));
+    let shipped_card = TestModels::shipped().unwrap().card().clone();
+    assert_eq!((shipped_card.test_time_flip, shipped_card.test_time_crop), (true, Some(0.9)), "the shipped card's views");
 }

@@ -197,6 +197,10 @@ enum Command {
         /// Average each image's and its mirror image's probabilities when predicting.
         #[arg(long)]
         set_test_time_flip: Option<bool>,
+        /// Also average the centred crop of this fraction of the side, resized back (`none`:
+        /// no crop).
+        #[arg(long, value_name = "FRACTION|none", value_parser = parse_crop)]
+        set_test_time_crop: Option<Crop>,
         /// The face crop the model expects: box:MARGIN (square box crop, side times
         /// 1 + MARGIN) or aligned:MARGIN (five-point alignment).
         #[arg(long, value_name = "KIND:MARGIN")]
@@ -286,6 +290,10 @@ enum Command {
         /// what the model card says).
         #[arg(long)]
         test_time_flip: Option<bool>,
+        /// Also average the centred crop of this fraction of the side, resized back (`none`:
+        /// no crop; default: what the model card says).
+        #[arg(long, value_name = "FRACTION|none", value_parser = parse_crop)]
+        test_time_crop: Option<Crop>,
         #[arg(long, help = BACKEND_HELP)]
         backend: Option<String>,
     },
@@ -359,8 +367,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Faces { json, min_face, annotate, images } => faces(json, min_face, annotate.as_deref(), &images),
-        Command::Card { model, set_test_time_flip, set_face_crop, out } => {
-            card(&model, set_test_time_flip, set_face_crop.as_deref(), out.as_deref())
+        Command::Card { model, set_test_time_flip, set_test_time_crop, set_face_crop, out } => {
+            card(&model, set_test_time_flip, set_test_time_crop, set_face_crop.as_deref(), out.as_deref())
         }
         Command::DatasetInfo { source, json } => dataset_info(&source, json),
         Command::Prepare {
@@ -407,8 +415,9 @@ fn run(cli: Cli) -> Result<()> {
             out,
             batch,
             test_time_flip,
+            test_time_crop,
             backend,
-        } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch, test_time_flip)),
+        } => on_backend!(backend.as_deref(), eval(&model, &source, json, out.as_deref(), batch, test_time_flip, test_time_crop)),
         Command::Bench(args) => bench(&args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => on_backend!(args.backend.as_deref(), serve(&args)),
@@ -496,11 +505,28 @@ fn faces(json: bool, min_face: f64, annotate: Option<&Path>, images: &[PathBuf])
     Ok(())
 }
 
-fn card(model: &Path, test_time_flip: Option<bool>, face_crop: Option<&str>, out: Option<&Path>) -> Result<()> {
+/// A `--test-time-crop` / `--set-test-time-crop` value: the side fraction, or `None` for no crop.
+#[derive(Clone, Copy, Debug)]
+struct Crop(Option<f32>);
+
+fn parse_crop(text: &str) -> std::result::Result<Crop, String> {
+    if text == "none" {
+        return Ok(Crop(None));
+    }
+    match text.parse::<f32>() {
+        Ok(fraction) if fraction > 0.0 && fraction <= 1.0 => Ok(Crop(Some(fraction))),
+        _ => Err(format!("'{text}': expected a fraction in (0, 1], e.g. 0.9, or none")),
+    }
+}
+
+fn card(model: &Path, test_time_flip: Option<bool>, test_time_crop: Option<Crop>, face_crop: Option<&str>, out: Option<&Path>) -> Result<()> {
     use adcorre::detect::align::FaceCrop;
     let (net, mut card) = adcorre::infer::load_network::<Cpu>(model, &cpu_device())?;
     if let Some(flip) = test_time_flip {
         card.test_time_flip = flip;
+    }
+    if let Some(Crop(crop)) = test_time_crop {
+        card.test_time_crop = crop;
     }
     if let Some(text) = face_crop {
         let parsed = text.split_once(':').and_then(|(kind, margin)| {
@@ -515,7 +541,7 @@ fn card(model: &Path, test_time_flip: Option<bool>, face_crop: Option<&str>, out
             AdCorreError::Config(format!("--set-face-crop '{text}': expected box:MARGIN or aligned:MARGIN, e.g. box:0.2"))
         })?;
     }
-    let changed = test_time_flip.is_some() || face_crop.is_some();
+    let changed = test_time_flip.is_some() || test_time_crop.is_some() || face_crop.is_some();
     match (changed, out) {
         (true, Some(out)) => adcorre::model::save_model(&net, &card, out)?,
         (true, None) => return Err(AdCorreError::Config("--set-* needs --out FILE.mpk".into())),
@@ -779,15 +805,18 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
         let images = Tensor::<B, 4>::random([batch, card.network.backbone.in_channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
         median_seconds(args.iters, || {
-            let output = if card.test_time_flip { net.forward_test_time_flip(images.clone()) } else { net.forward(images.clone()) };
+            let output = net.forward_test_time(images.clone(), card.test_time_views());
             let _ = output.logits.into_data();
             Ok(())
         })?
     };
-    let mode = match (args.train, card.test_time_flip) {
-        (true, _) => "train step",
-        (false, true) => "inference with test-time flip",
-        (false, false) => "inference",
+    let views = card.test_time_views();
+    let mode = match (args.train, views.flip, views.crop.is_some()) {
+        (true, _, _) => "train step",
+        (false, true, true) => "inference with test-time flip and crop",
+        (false, true, false) => "inference with test-time flip",
+        (false, false, true) => "inference with test-time crop",
+        (false, false, false) => "inference",
     };
     if args.json {
         println!(
@@ -795,6 +824,7 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
             serde_json::json!({
                 "backend": backend, "mode": mode, "batch_norm_folded": !args.no_fold && !args.train,
                 "test_time_flip": card.test_time_flip && !args.train,
+                "test_time_crop": if args.train { None } else { card.test_time_crop },
                 "adcorre_ops": adcorre::backend::ops::enabled(),
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
@@ -926,6 +956,7 @@ fn eval<B: AdCorreBackend>(
     out: Option<&Path>,
     batch: usize,
     test_time_flip: Option<bool>,
+    test_time_crop: Option<Crop>,
 ) -> Result<()> {
     use std::sync::Arc;
     let device = B::Device::default();
@@ -942,7 +973,10 @@ fn eval<B: AdCorreBackend>(
         &Arc::new(packed),
         card.input_size,
         batch,
-        test_time_flip.unwrap_or(card.test_time_flip),
+        adcorre::model::TestTimeViews {
+            flip: test_time_flip.unwrap_or(card.test_time_flip),
+            crop: test_time_crop.map_or(card.test_time_crop, |Crop(crop)| crop),
+        },
         &device,
     )?;
     let text = serde_json::to_string_pretty(&metrics).expect("metrics serialise");

@@ -327,11 +327,7 @@ impl<B: AdCorreBackend> TestModels<B> {
     pub fn recognize_tensor(&self, images: Tensor<B, 4>) -> Result<Vec<Recognition>> {
         self.model.check_input(images.dims())?;
         self.check_values(&images)?;
-        let out = if self.card.test_time_flip {
-            self.model.forward_test_time_flip(images)
-        } else {
-            self.model.forward(images)
-        };
+        let out = self.model.forward_test_time(images, self.card.test_time_views());
         let [batch, classes] = out.logits.dims();
         let [k, _, dim] = out.embeddings.dims();
         let probabilities = host_values(out.probabilities())?;

@@ -5,11 +5,31 @@ use burn::module::{ModuleVisitor, Param};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use super::heads::{concat_heads, EmbeddingHeads, EmbeddingHeadsConfig};
 use super::xception::{Xception, XceptionConfig, MIN_INPUT_SIZE};
 use crate::backend::AdCorreBackend;
 use crate::error::AdCorreError;
+
+/// The views a prediction averages besides the image itself (test-time augmentation, see
+/// [`AdCorreNet::forward_test_time`]); a model card says which its model was measured with.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct TestTimeViews {
+    /// Also the mirror image of every view (twice the views).
+    pub flip: bool,
+    /// Also the centred crop of this fraction of the image's side, resized back to the full
+    /// side (a model trained on random crops sees faces at that scale on average).
+    pub crop: Option<f32>,
+}
+
+impl TestTimeViews {
+    /// Views per image, the image itself included (the compute a prediction costs, in passes).
+    pub fn count(&self) -> usize {
+        (1 + usize::from(self.crop.is_some())) * (1 + usize::from(self.flip))
+    }
+}
 
 /// Configuration of [`AdCorreNet`]. Defaults are the published models: Keras Xception,
 /// k = 7 heads of 256, 7 classes, dropout 0.5.
@@ -154,17 +174,36 @@ impl<B: AdCorreBackend> AdCorreNet<B> {
         self.backbone.forward_pooled(images)
     }
 
-    /// Test-time flip: the images and their mirror images run as one batch; logits are the
-    /// log of the two softmax outputs' mean (so their softmax is that mean), embeddings those
-    /// of the unmirrored images. `[batch, 3, h, w]` -> logits `[batch, classes]`, embeddings
-    /// `[k, batch, dim]`.
-    pub fn forward_test_time_flip(&self, images: Tensor<B, 4>) -> AdCorreOutput<B> {
-        let batch = images.dims()[0];
-        let both = Tensor::cat(vec![images.clone(), images.flip([3])], 0);
-        let output = self.forward(both);
+    /// Test-time augmentation: the images and the other views `views` asks for (mirror
+    /// images, centred crops resized back to full size) run as one batch; logits are the log
+    /// of the views' mean softmax output (so their softmax is that mean), embeddings those of
+    /// the images themselves. With no extra view this is [`AdCorreNet::forward`].
+    /// `[batch, 3, h, w]` -> logits `[batch, classes]`, embeddings `[k, batch, dim]`.
+    pub fn forward_test_time(&self, images: Tensor<B, 4>, views: TestTimeViews) -> AdCorreOutput<B> {
+        let [batch, channels, height, width] = images.dims();
+        let mut all = vec![images.clone()];
+        if let Some(fraction) = views.crop {
+            let side = |full: usize| ((full as f32 * fraction).round() as usize).clamp(1, full);
+            let (crop_h, crop_w) = (side(height), side(width));
+            let (top, left) = ((height - crop_h) / 2, (width - crop_w) / 2);
+            let crop = images.clone().slice([0..batch, 0..channels, top..top + crop_h, left..left + crop_w]);
+            let options = InterpolateOptions { mode: InterpolateMode::Bilinear, align_corners: false };
+            all.push(interpolate(crop, [height, width], options));
+        }
+        if views.flip {
+            let mirrors: Vec<_> = all.iter().map(|view| view.clone().flip([3])).collect();
+            all.extend(mirrors);
+        }
+        if all.len() == 1 {
+            return self.forward(images);
+        }
+        let count = all.len();
+        let output = self.forward(Tensor::cat(all, 0));
         let probabilities = output.probabilities();
         let [_, classes] = probabilities.dims();
-        let mean = (probabilities.clone().slice([0..batch, 0..classes]) + probabilities.slice([batch..2 * batch, 0..classes])) / 2.0;
+        let mean = (1..count).fold(probabilities.clone().slice([0..batch, 0..classes]), |sum, view| {
+            sum + probabilities.clone().slice([view * batch..(view + 1) * batch, 0..classes])
+        }) / count as f32;
         let [k, _, dim] = output.embeddings.dims();
         AdCorreOutput {
             logits: mean.log(),

@@ -8,7 +8,7 @@ use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use serde::{Deserialize, Serialize};
 
-use super::adcorre_net::{network_with_defaults, AdCorreNet, AdCorreNetConfig, AdCorreNetRecord};
+use super::adcorre_net::{network_with_defaults, AdCorreNet, AdCorreNetConfig, AdCorreNetRecord, TestTimeViews};
 use crate::atomic_file::write_atomically;
 use crate::backend::AdCorreBackend;
 use crate::data::Expression;
@@ -39,6 +39,10 @@ pub struct ModelCard {
     /// twice the compute).
     #[serde(default)]
     pub test_time_flip: bool,
+    /// Predictions also average the centred crop of this fraction of the side, resized back
+    /// (and its mirror image with the flip): twice the compute again. `None`: no crop.
+    #[serde(default)]
+    pub test_time_crop: Option<f32>,
     /// How a detected face becomes this model's input (the crop it was trained on), for
     /// [`crate::infer::TestModels::recognize_faces`].
     #[serde(default)]
@@ -65,6 +69,7 @@ impl ModelCard {
             channel_order: "RGB".to_string(),
             grayscale: false,
             test_time_flip: false,
+            test_time_crop: None,
             face_crop: FaceCrop::default(),
             class_names,
             source: String::new(),
@@ -89,6 +94,17 @@ impl ModelCard {
         self
     }
 
+    /// Sets the centred crop predictions also average (`None`: none).
+    pub fn with_test_time_crop(mut self, test_time_crop: Option<f32>) -> Self {
+        self.test_time_crop = test_time_crop;
+        self
+    }
+
+    /// The views predictions average, as the card says.
+    pub fn test_time_views(&self) -> TestTimeViews {
+        TestTimeViews { flip: self.test_time_flip, crop: self.test_time_crop }
+    }
+
     /// Sets the face crop the model expects.
     pub fn with_face_crop(mut self, face_crop: FaceCrop) -> Self {
         self.face_crop = face_crop;
@@ -110,6 +126,11 @@ impl ModelCard {
                 "input_size {} is outside {MIN_INPUT_SIZE}..={MAX_INPUT_SIZE}",
                 self.input_size
             )));
+        }
+        if let Some(fraction) = self.test_time_crop {
+            if !(fraction > 0.0 && fraction <= 1.0) {
+                return Err(AdCorreError::Config(format!("test_time_crop {fraction} is not in (0, 1]")));
+            }
         }
         let [low, high] = self.value_range;
         if !(low.is_finite() && high.is_finite() && low < high) {

@@ -34,7 +34,7 @@ use crate::data::{load_dataset, prepare, DatasetName, DatasetType, PackedImages}
 use crate::error::{AdCorreError, Result};
 use crate::loss::{argmax_rows, AdCorreLossConfig};
 use crate::metrics::{ConfusionMatrix, EvalMetrics};
-use crate::model::{save_model, AdCorreNet, AdCorreNetConfig, ModelCard};
+use crate::model::{save_model, AdCorreNet, AdCorreNetConfig, ModelCard, TestTimeViews};
 use state::TrainingRun;
 
 /// The architectures `train` accepts.
@@ -378,23 +378,19 @@ pub fn device_by_index<B: Backend>(index: usize) -> B::Device {
 }
 
 /// Evaluates `model` on prepared data: resized like `TestModels` (no augmentation), with the
-/// test-time flip if asked ([`AdCorreNet::forward_test_time_flip`]).
+/// the test-time views asked for ([`AdCorreNet::forward_test_time`]).
 pub fn evaluate<B: AdCorreBackend>(
     model: &AdCorreNet<B>,
     data: &Arc<PackedImages>,
     input_size: usize,
     batch_size: usize,
-    test_time_flip: bool,
+    views: TestTimeViews,
     device: &B::Device,
 ) -> Result<EvalMetrics> {
     let dataset = FaceDataset::new(data.clone(), FaceDatasetConfig::eval(input_size));
     let mut confusion = ConfusionMatrix::new(model.num_classes());
     for batch in face_loader::<B>(dataset, batch_size, 0, device).iter() {
-        let output = if test_time_flip {
-            model.forward_test_time_flip(batch.images)
-        } else {
-            model.forward(batch.images)
-        };
+        let output = model.forward_test_time(batch.images, views);
         let predictions = argmax_rows(output.logits);
         confusion.add(&batch.labels, &predictions)?;
     }

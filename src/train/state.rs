@@ -217,7 +217,7 @@ impl TrainingRun {
             let (model, optimizer) = engine.current(&mut state.loss)?;
             let inner = model.valid().fold_batch_norm();
             let inner_device = inner.devices()[0].clone();
-            let metrics = evaluate(&inner, &eval, config.input_size, config.eval_batch_size, false, &inner_device)?;
+            let metrics = evaluate(&inner, &eval, config.input_size, config.eval_batch_size, Default::default(), &inner_device)?;
             let name = format!("{}_{}_AC_{:.4}", epoch + 1, self.dataset_name, metrics.accuracy);
             save_checkpoint(&model, &card, &self.out_dir.join(format!("{name}.mpk")))?;
             let json = serde_json::to_vec_pretty(&metrics).expect("metrics serialise");
