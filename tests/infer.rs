@@ -127,10 +127,14 @@ fn test_time_flip_averages_an_image_and_its_mirror() {
     assert!(common::max_abs_diff(&plain, &averaged) > 1e-4, "the flip must change something");
 
     let card = ModelCard::new(config).with_input_size(33).with_test_time_flip(true);
-    let models = TestModels::from_model(net, card, &device);
+    assert!(common::max_abs_diff(&recognised_probabilities(net, card, images), &averaged) < 1e-6);
+}
+
+/// The probabilities `TestModels` gives for `images` with `net` and `card`, image by image.
+fn recognised_probabilities(net: adcorre::model::AdCorreNet<Cpu>, card: ModelCard, images: burn::tensor::Tensor<Cpu, 4>) -> Vec<f32> {
+    let models = TestModels::from_model(net, card, &cpu_device());
     let recognitions = models.recognize_tensor(images).unwrap();
-    let recognised: Vec<f32> = recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect();
-    assert!(common::max_abs_diff(&recognised, &averaged) < 1e-6);
+    recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect()
 }
 
 /// The test-time crop adds the centred crop (resized back to full size) to the averaged views,
@@ -169,10 +173,7 @@ fn test_time_crop_averages_the_centred_crop_and_its_mirror() {
 
     let card = ModelCard::new(config.clone()).with_input_size(40).with_test_time_flip(true).with_test_time_crop(Some(0.9));
     assert_eq!(card.test_time_views(), both);
-    let models = TestModels::from_model(net, card, &device);
-    let recognitions = models.recognize_tensor(images).unwrap();
-    let recognised: Vec<f32> = recognitions.iter().flat_map(|r| r.probabilities.iter().map(|c| c.probability)).collect();
-    assert!(common::max_abs_diff(&recognised, &averaged) < 1e-6);
+    assert!(common::max_abs_diff(&recognised_probabilities(net, card, images), &averaged) < 1e-6);
     for bad in [0.0, 1.5, f32::NAN] {
         let card = ModelCard::new(config.clone()).with_test_time_crop(Some(bad));
         assert!(matches!(card.validate(), Err(AdCorreError::Config(_))), "crop {bad}");
