@@ -115,6 +115,8 @@ macro_rules! register {
 use register;
 
 impl<B: AdCorreBackend, C: CheckpointStrategy> AdCorreBackend for Autodiff<B, C> {
+    const MOVES_TENSORS_BETWEEN_DEVICES: bool = B::MOVES_TENSORS_BETWEEN_DEVICES;
+
     fn run_step<R: Send>(task: impl FnOnce() -> R + Send) -> R {
         B::run_step(task)
     }

@@ -84,8 +84,9 @@ pub fn dense_conv<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride:
 }
 
 /// Burn's gradients of `dense_conv` (on CubeCL, implicit matrix products: a few kernels per
-/// layer). Not explicit `matmul`s of transposed views: burn-cubecl 0.21 multiplies `A Bᵀ`
-/// wrongly for some inner sizes (k = 520, 536, 552, ... on wgpu; README, "Backends").
+/// layer). Not explicit `matmul`s of transposed views, which went wrong on wgpu at inner sizes
+/// k = 200, 296, 520, 536, ... (cubek 0.2's double-buffered matmuls at an odd number of stages;
+/// README, "Backends").
 pub fn dense_conv_backward<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,

@@ -79,7 +79,11 @@ impl AdCorreBackend for burn::backend::NdArray<f64> {}
 impl AdCorreBackend for Cuda {}
 
 #[cfg(feature = "wgpu")]
-impl AdCorreBackend for Wgpu {}
+impl AdCorreBackend for Wgpu {
+    const MOVES_TENSORS_BETWEEN_DEVICES: bool = false;
+}
 
 #[cfg(feature = "wgpu")]
-impl AdCorreBackend for WgpuUnfused {}
+impl AdCorreBackend for WgpuUnfused {
+    const MOVES_TENSORS_BETWEEN_DEVICES: bool = false;
+}

@@ -206,6 +206,11 @@ pub trait AdCorreBackend: Backend {
         task()
     }
 
+    /// Whether tensors can move between two devices of this backend (what data-parallel
+    /// training does with every batch and every gradient). Not on wgpu: cubecl-wgpu 0.10 leaves
+    /// the device-to-device transfer that Burn's `to_device` uses unimplemented.
+    const MOVES_TENSORS_BETWEEN_DEVICES: bool = true;
+
     /// The whole backbone for inference, when every batch norm is folded and the backend has
     /// a pass for it: `[n, c, h, w]` -> the feature maps, or their spatial means when `pooled`
     /// (`[n, features]`, as a rank-4 tensor `[n, features, 1, 1]`). `None` (the default) runs

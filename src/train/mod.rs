@@ -328,6 +328,13 @@ impl TrainModel {
             )));
         }
         self.config.validate()?;
+        if devices.len() > 1 && !B::MOVES_TENSORS_BETWEEN_DEVICES {
+            return Err(AdCorreError::Devices(format!(
+                "{} devices asked for, but this backend cannot move tensors between devices (wgpu: \
+                 cubecl-wgpu 0.10 has no device-to-device transfer): train on one device, or on CUDA",
+                devices.len()
+            )));
+        }
         let (out_dir, start_from) = if weight_path.is_file() {
             let parent = weight_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
             (parent.to_path_buf(), Some(weight_path.to_path_buf()))
