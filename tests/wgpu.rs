@@ -330,16 +330,16 @@ fn product_by_kernel(strategy: &cubek::matmul::launch::Strategy, [m, k, n]: [usi
     (wgpu, values(flex))
 }
 
-/// Reproduction of the bug behind the open forward-pass difference (README, "Backends"): cubek
+/// Reproduction of the bug behind the two ignored whole-pass tests (README, "Backends"): cubek
 /// 0.2.0's double-buffered matmuls run an even number of k-stages (an odd count rounded up),
 /// while their bounds check on k is off whenever k is a multiple of one stage, so for an odd
 /// number of stages they add products of whatever lies past the operands. Shown at the reduced
 /// network's block-2 pointwise convolution (1728 pixels, 8 -> 16 channels), which autotune
 /// hands to `DoubleUnit` when that kernel measures fastest: wrong at k = 8, 24, 40 and 728 (the
-/// full network's middle flow), an odd number of stages of 8; right at k = 16, 32, 736 (even),
-/// at k = 12 (bounds-checked) and with the single-stage `SimpleUnit` kernel. When cubek's fix (tracel-ai/cubek
-/// #434, #443) reaches the Burn version we use, the first assertion fails: then un-ignore the
-/// two tests that wait for it.
+/// full network's middle flow), odd numbers of stages of 8; right at k = 16, 32, 736 (even), at
+/// k = 12 (bounds-checked) and with the single-stage `SimpleUnit` kernel. When cubek's fix
+/// (tracel-ai/cubek#434, #443) reaches the Burn version we use, the first assertion fails: then
+/// un-ignore the two tests that wait for it.
 #[test]
 fn cubek_double_buffered_matmul_reads_past_k_at_an_odd_stage_count() {
     use cubek::matmul::launch::Strategy;
