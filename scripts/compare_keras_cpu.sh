@@ -6,7 +6,8 @@
 # <= 1.0 is the goal).
 #
 # Variants of ours: Burn's generic operations with batch norm unfolded, then folded, then
-# adcorre's one-pass host backbone (what `TestModels` runs on flex).
+# adcorre's one-pass host backbone (what `TestModels` runs on flex); on an AVX-512 CPU also the
+# host pass with adcorre's own loops capped at AVX2 (`ADCORRE_HOST_ISA=avx2`).
 # BASELINE_BIN=path/to/an/older/adcorre adds
 # that binary's default inference to the same run (e.g. a build of an earlier commit).
 #
@@ -59,4 +60,10 @@ for batch in 1 8; do
         report "$(./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json $variant)" \
             "$tf_s" "$ort_s" "$batch" "adcorre $label"
     done
+    if [ "$isa" = "AVX-512" ]; then
+        # adcorre's own loops (depthwise, pooling, copies) on AVX2, as on a CPU without AVX-512;
+        # the gemm crate still picks its AVX-512 products here.
+        report "$(ADCORRE_HOST_ISA=avx2 ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json)" \
+            "$tf_s" "$ort_s" "$batch" "adcorre host pass, own loops capped at AVX2 (ADCORRE_HOST_ISA=avx2)"
+    fi
 done

@@ -9,6 +9,7 @@
 use rayon::prelude::*;
 
 use super::generic::same_pool_padding;
+use super::host_isa;
 
 /// 3x3 max pooling, stride 2, TensorFlow "same" padding (padded cells never win), on NCHW
 /// data of shape `dims`: returns `[n, c, ceil(h/2), ceil(w/2)]`.
@@ -30,42 +31,46 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
     if output.is_empty() {
         return;
     }
+    let isa = host_isa::detected();
     output
         .par_chunks_mut(ho * wo)
         .zip(input.par_chunks(h * w))
         .for_each_init(
             || vec![f32::NEG_INFINITY; 2 * wo + 1],
-            |window_row, (out_plane, plane)| max_pool_plane(plane, out_plane, [h, w], [top, left], accumulate, window_row),
+            |window_row, (out_plane, plane)| max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, window_row),
         );
 }
 
-/// One plane of [`max_pool_planes`]. `window_row` holds `2 * wo + 1` floats, -inf outside
-/// `left..left + w`: per output row it receives the column maxima of the (up to) three input
-/// rows at the padded positions, so every output is the maximum of three neighbours.
-fn max_pool_plane(
-    plane: &[f32],
-    out_plane: &mut [f32],
-    [h, w]: [usize; 2],
-    [top, left]: [usize; 2],
-    accumulate: bool,
-    window_row: &mut [f32],
-) {
-    let wo = w.div_ceil(2);
-    for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
-        let first = (2 * oh).saturating_sub(top);
-        let last = (2 * oh + 3 - top).min(h);
-        let column_max = &mut window_row[left..left + w];
-        column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
-        for row in first + 1..last {
-            for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
-                *m = m.max(v);
+host_isa::isa_kernel! {
+    /// One plane of [`max_pool_planes`]. `window_row` holds `2 * wo + 1` floats, -inf outside
+    /// `left..left + w`: per output row it receives the column maxima of the (up to) three input
+    /// rows at the padded positions, so every output is the maximum of three neighbours.
+    fn max_pool_plane(
+        plane: &[f32],
+        out_plane: &mut [f32],
+        hw: [usize; 2],
+        padding: [usize; 2],
+        accumulate: bool,
+        window_row: &mut [f32],
+    ) {
+        let ([h, w], [top, left]) = (hw, padding);
+        let wo = w.div_ceil(2);
+        for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
+            let first = (2 * oh).saturating_sub(top);
+            let last = (2 * oh + 3 - top).min(h);
+            let column_max = &mut window_row[left..left + w];
+            column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
+            for row in first + 1..last {
+                for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
+                    *m = m.max(v);
+                }
             }
-        }
-        let pairs = window_row.chunks_exact(2);
-        let thirds = window_row[2..].iter().step_by(2);
-        for ((out, pair), &third) in out_row.iter_mut().zip(pairs).zip(thirds) {
-            let max = pair[0].max(pair[1]).max(third);
-            *out = if accumulate { *out + max } else { max };
+            let pairs = window_row.chunks_exact(2);
+            let thirds = window_row[2..].iter().step_by(2);
+            for ((out, pair), &third) in out_row.iter_mut().zip(pairs).zip(thirds) {
+                let max = pair[0].max(pair[1]).max(third);
+                *out = if accumulate { *out + max } else { max };
+            }
         }
     }
 }
@@ -93,6 +98,7 @@ pub(crate) struct InputRead<'a> {
 
 impl InputRead<'_> {
     /// Writes `values` (of channel `channel`), read this way, into `target`.
+    #[inline(always)]
     pub(crate) fn copy<'v>(&self, channel: usize, values: impl Iterator<Item = &'v f32>, target: &mut [f32]) {
         let pairs = target.iter_mut().zip(values);
         match (self.bias.map(|bias| bias[channel]), self.relu) {
@@ -102,15 +108,31 @@ impl InputRead<'_> {
             (None, false) => pairs.for_each(|(t, &v)| *t = v),
         }
     }
+
+    /// [`InputRead::copy`] of a contiguous run, on the widest vectors this CPU has.
+    pub(crate) fn copy_run(&self, channel: usize, values: &[f32], target: &mut [f32]) {
+        copy_run(host_isa::detected(), *self, channel, values, target);
+    }
+}
+
+host_isa::isa_kernel! {
+    /// [`InputRead::copy_run`].
+    fn copy_run(read: InputRead, channel: usize, values: &[f32], target: &mut [f32]) {
+        read.copy(channel, values.iter(), target);
+    }
 }
 
 /// [`depthwise_conv_3x3_same`] on every `h x w` plane of `input`, plane `p` filtered by channel
 /// `channel_of(p)` (so any plane order works), of the input read as `read` says (the ReLU before
 /// a separable convolution, and a bias left by the layer before, applied while reading).
 ///
-/// Each plane is copied into a zero-bordered `(h + 2) x (w + 2)` buffer; the outputs are then
-/// computed in that buffer's coordinates as one long run per plane (the two border columns of
-/// each row are computed and dropped), so the vectorised loop is not cut into rows of `w`.
+/// Each plane is read once into three copies with `w + 1` zeros before and after: one as it
+/// is (for the middle column of the filter), one with its last column zeroed (for the left
+/// column, whose reads at `x - 1` wrap round to the row above at `x = 0`) and one with its first
+/// column zeroed (for the right column). Every output is then the same nine reads at fixed
+/// offsets, one long vectorised run over the plane written straight to the output: no padded
+/// rows, no short row loops (the middle flow's planes are 14 wide). The zeros enter the sums
+/// where the "same" padding's zeros do, so the results keep Burn's bits.
 pub(crate) fn depthwise_planes(
     input: &[f32],
     output: &mut [f32],
@@ -123,60 +145,154 @@ pub(crate) fn depthwise_planes(
     if output.is_empty() {
         return;
     }
-    let row = w + 2;
+    let isa = host_isa::detected();
     output
         .par_chunks_mut(h * w)
         .zip(input.par_chunks(h * w))
         .enumerate()
         .for_each_init(
-            || (vec![0.0f32; (h + 2) * row + 2], vec![0.0f32; h * row]),
-            |(padded, sums), (plane_index, (out_plane, plane))| {
+            || vec![0.0f32; 3 * (h * w + 2 * (w + 1))],
+            |copies, (plane_index, (out_plane, plane))| {
                 let channel = channel_of(plane_index);
                 let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
                 let b = bias.map(|bias| bias[channel]);
-                depthwise_plane(plane, out_plane, [h, w], k, b, read, channel, padded, sums);
+                depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, copies);
             },
         );
 }
 
-/// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`;
-/// `padded` holds `(h + 2) * (w + 2) + 2` floats with a zero border, `sums` `h * (w + 2)`.
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    plane: &[f32],
-    out_plane: &mut [f32],
-    [h, w]: [usize; 2],
-    k: [f32; 9],
-    b: Option<f32>,
-    read: InputRead,
-    channel: usize,
-    padded: &mut [f32],
-    sums: &mut [f32],
-) {
-    let row = w + 2;
-    for (r, values) in plane.chunks(w).enumerate() {
-        let start = (r + 1) * row + 1;
-        read.copy(channel, values.iter(), &mut padded[start..start + w]);
+host_isa::isa_kernel! {
+    /// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`;
+    /// `copies` holds three runs of `h * w + 2 * (w + 1)` floats whose first and last `w + 1`
+    /// are zero (and stay so).
+    #[allow(clippy::too_many_arguments)]
+    fn depthwise_plane(
+        plane: &[f32],
+        out_plane: &mut [f32],
+        hw: [usize; 2],
+        k: [f32; 9],
+        b: Option<f32>,
+        read: InputRead,
+        channel: usize,
+        copies: &mut [f32],
+    ) {
+        let [h, w] = hw;
+        let (len, margin) = (h * w, w + 1);
+        let (left, rest) = copies.split_at_mut(len + 2 * margin);
+        let (centre, right) = rest.split_at_mut(len + 2 * margin);
+        read.copy(channel, plane.iter(), &mut centre[margin..margin + len]);
+        left[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
+        right[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
+        for r in 0..h {
+            left[margin + r * w + w - 1] = 0.0;
+            right[margin + r * w] = 0.0;
+        }
+        // Output `p` reads tap (dy, dx) at `p + dy * w + dx` of its copy.
+        let taps: [&[f32]; 9] = [
+            &left[..len], &centre[1..][..len], &right[2..][..len],
+            &left[w..][..len], &centre[w + 1..][..len], &right[w + 2..][..len],
+            &left[2 * w..][..len], &centre[2 * w + 1..][..len], &right[2 * w + 2..][..len],
+        ];
+        let out_plane = &mut out_plane[..len];
+        for (p, out) in out_plane.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for (tap, &weight) in taps.iter().zip(&k) {
+                acc += weight * tap[p];
+            }
+            *out = match b {
+                Some(b) => acc + b,
+                None => acc,
+            };
+        }
     }
-    let n = h * row;
-    let (t0, t1, t2) = (&padded[..n + 2], &padded[row..row + n + 2], &padded[2 * row..2 * row + n + 2]);
-    for (p, sum) in sums[..n].iter_mut().enumerate() {
-        let mut acc = 0.0f32;
-        acc += k[0] * t0[p];
-        acc += k[1] * t0[p + 1];
-        acc += k[2] * t0[p + 2];
-        acc += k[3] * t1[p];
-        acc += k[4] * t1[p + 1];
-        acc += k[5] * t1[p + 2];
-        acc += k[6] * t2[p];
-        acc += k[7] * t2[p + 1];
-        acc += k[8] * t2[p + 2];
-        *sum = acc;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::host_isa::supported;
+
+    /// One output plane in Burn's order, `((0 + k00 x00) + k01 x01) + ... + k22 x22` (plus `b`),
+    /// with zeros outside the plane, of the input read as `read` says.
+    fn padded_sum(plane: &[f32], [h, w]: [usize; 2], k: [f32; 9], b: Option<f32>, read: InputRead) -> Vec<f32> {
+        let mut input = vec![0.0f32; h * w];
+        read.copy(0, plane.iter(), &mut input);
+        let at = |y: isize, x: isize| if y < 0 || x < 0 || y >= h as isize || x >= w as isize { 0.0 } else { input[y as usize * w + x as usize] };
+        let mut out = Vec::with_capacity(h * w);
+        for y in 0..h as isize {
+            for x in 0..w as isize {
+                let mut acc = 0.0f32;
+                for (t, &weight) in k.iter().enumerate() {
+                    acc += weight * at(y + t as isize / 3 - 1, x + t as isize % 3 - 1);
+                }
+                out.push(b.map_or(acc, |b| acc + b));
+            }
+        }
+        out
     }
-    for (out_row, sum_row) in out_plane.chunks_mut(w).zip(sums.chunks(row)) {
-        match b {
-            Some(b) => out_row.iter_mut().zip(sum_row).for_each(|(o, &v)| *o = v + b),
-            None => out_row.copy_from_slice(&sum_row[..w]),
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| ((i * 7919 + seed * 104729) % 2003) as f32 / 997.0 - 1.0).collect()
+    }
+
+    fn bits(values: &[f32]) -> Vec<u32> {
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// The three shifted copies give the zero-padded sum's bits on every instruction set, for
+    /// planes down to one pixel wide or high, reused buffers included.
+    #[test]
+    fn depthwise_plane_gives_the_padded_sums_bits_on_every_instruction_set() {
+        let k: [f32; 9] = std::array::from_fn(|i| (i as f32 - 3.7) / 5.0);
+        let bias = [0.25f32];
+        for [h, w] in [[1, 1], [1, 6], [6, 1], [2, 3], [7, 7], [14, 14], [5, 17]] {
+            for isa in supported() {
+                let mut copies = vec![0.0f32; 3 * (h * w + 2 * (w + 1))];
+                for (seed, (b, read)) in [
+                    (None, InputRead::default()),
+                    (Some(-0.5), InputRead { bias: None, relu: true }),
+                    (None, InputRead { bias: Some(&bias), relu: true }),
+                    (Some(0.125), InputRead { bias: Some(&bias), relu: false }),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let plane = values(h * w, seed);
+                    let mut out = vec![f32::NAN; h * w];
+                    depthwise_plane(isa, &plane, &mut out, [h, w], k, b, read, 0, &mut copies);
+                    assert_eq!(bits(&out), bits(&padded_sum(&plane, [h, w], k, b, read)), "{isa:?} {h}x{w} case {seed}");
+                }
+            }
+        }
+    }
+
+    /// Max pooling gives the same bits on every instruction set, and the maximum of each
+    /// (clipped) 3x3 window.
+    #[test]
+    fn max_pool_plane_is_the_window_maximum_on_every_instruction_set() {
+        for [h, w] in [[1, 1], [2, 5], [7, 7], [14, 13]] {
+            let plane = values(h * w, h + w);
+            let dims = [1, 1, h, w];
+            let (top, _) = same_pool_padding(h);
+            let (left, _) = same_pool_padding(w);
+            let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+            let window_max = |oy: usize, ox: usize| {
+                let mut max = f32::NEG_INFINITY;
+                for y in (2 * oy).saturating_sub(top)..(2 * oy + 3 - top).min(h) {
+                    for x in (2 * ox).saturating_sub(left)..(2 * ox + 3 - left).min(w) {
+                        max = max.max(plane[y * w + x]);
+                    }
+                }
+                max
+            };
+            let expected: Vec<f32> = (0..ho * wo).map(|i| window_max(i / wo, i % wo)).collect();
+            for isa in supported() {
+                let mut out = vec![0.0f32; ho * wo];
+                let mut window_row = vec![f32::NEG_INFINITY; 2 * wo + 1];
+                max_pool_plane(isa, &plane, &mut out, [h, w], [top, left], false, &mut window_row);
+                assert_eq!(bits(&out), bits(&expected), "{isa:?} {h}x{w}");
+            }
+            assert_eq!(max_pool_3x3_stride2_same(&plane, dims).0, expected);
         }
     }
 }

@@ -445,7 +445,11 @@ fn conv3x3(
                 let source = &input[plane(ci, image)..][..h * w];
                 for (y, col_row) in col.chunks_mut(out.w).enumerate() {
                     let row = &source[((first_row + y) * stride + ky) * w + kx..][..(out.w - 1) * stride + 1];
-                    read.copy(ci, row.iter().step_by(stride), col_row);
+                    if stride == 1 {
+                        read.copy_run(ci, row, col_row);
+                    } else {
+                        read.copy(ci, row.iter().step_by(stride), col_row);
+                    }
                 }
             });
             let offset = (image * out.h + first_row) * out.w;
@@ -481,7 +485,7 @@ fn to_nchw_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
         .for_each(|(image, out_image)| {
             for (channel, out_plane) in out_image.chunks_mut(plane).enumerate() {
                 let source = &x[(channel * shape.n + image) * plane..][..plane];
-                read.copy(channel, source.iter(), out_plane);
+                read.copy_run(channel, source, out_plane);
             }
         });
     output
