@@ -440,6 +440,32 @@ fn host_backbone_pass_matches_the_layers() {
     }
 }
 
+/// The host pass runs one pass per thread over its share of the images when the batch has an
+/// image per thread, else one pass over the whole batch: on 1 to 5 threads (batch 4 as one
+/// pass, 2+2, 2+2 on 3 threads, 1+1+1+1 and whole again on 5) every image gets the bits of the
+/// single-threaded pass, and the layers' results.
+#[cfg(feature = "flex")]
+#[test]
+fn host_pass_gives_every_image_the_same_bits_however_the_batch_is_split() {
+    use adcorre::backend::Flex;
+    let device = Default::default();
+    let backbone = XceptionConfig::new().with_width(0.25).with_middle_blocks(1);
+    let net = common::calibrate(AdCorreNetConfig::new().with_backbone(backbone).init::<Flex>(&device), 3).fold_batch_norm();
+    let images = test_images::<Flex>([4, 3, 40, 52], 7, &device);
+    let layers = values(net.backbone.forward_with_taps(images.clone(), &mut |_, _| {}));
+    let scale = layers.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let on_threads = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| values(host_pass(&net.backbone, &images, false).expect("a folded backbone on flex runs on the host")))
+    };
+    let single = on_threads(1);
+    assert!(max_abs_diff(&single, &layers) / scale <= 1e-5);
+    for threads in 2..=5 {
+        let split = on_threads(threads);
+        assert!(split.iter().zip(&single).all(|(a, b)| a.to_bits() == b.to_bits()), "{threads} threads");
+    }
+}
+
 /// The host pass declines what it does not compute: batch norms not folded (training
 /// statistics), and autodiff tensors (no backward pass); Burn's layers run those.
 #[cfg(feature = "flex")]

@@ -9,7 +9,8 @@
 //! - applies each ReLU while the next layer reads its input, and leaves the bias of a product
 //!   to the layers that read its output (or starts the product from it where the output is
 //!   read whole); adds the residual branches inside the product or the pooling;
-//! - rotates three scratch buffers instead of allocating one per layer.
+//! - rotates three scratch buffers instead of allocating one per layer;
+//! - runs a batch with an image per thread as one pass per thread over its share of the images.
 //!
 //! It runs only on a backbone whose batch norms are folded (see
 //! [`crate::model::xception::Xception::fold_batch_norm`]), with f32 weights on `flex`; for
@@ -31,9 +32,11 @@ use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
 
-/// Size of one im2col chunk of the stem convolutions (16 MiB), which bounds the column buffer
-/// whatever the batch; the first convolution (depth 27) takes a whole 224x224 image at once.
-const IM2COL_CHUNK_FLOATS: usize = 1 << 22;
+/// Size of one im2col chunk of the stem convolutions (4 MiB), which bounds the column buffer
+/// whatever the batch and keeps the columns in cache from their writing to the product (the
+/// second convolution's product, one core: 80-84 GFLOP/s with 16 MiB chunks, 81-92 with 4 MiB);
+/// the first convolution (depth 27) takes a whole 224x224 image at once.
+const IM2COL_CHUNK_FLOATS: usize = 1 << 20;
 
 /// The folded backbone's feature maps (or, if `pooled`, their spatial means as
 /// `[n, features, 1, 1]`; the maps are then never written out) computed by the host pass, when
@@ -43,13 +46,39 @@ pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool
     let dims: [usize; 4] = x.shape().dims();
     // A permuted or sliced input (e.g. NHWC images seen as NCHW) is gathered once.
     let input = if values(x).is_some() { x.clone() } else { x.to_contiguous() };
-    let (values, shape) = run(net, values(&input)?, dims, |map, shape, bias| {
-        if pooled {
-            (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
-        } else {
-            (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
-        }
-    })?;
+    let input = values(&input)?;
+    let [n, c, h, w] = dims;
+    if n == 0 {
+        return None;
+    }
+    // One pass per thread over its share of the images when the batch has one image per
+    // thread: each thread then works on its own maps (no waiting on each other between layers,
+    // smaller maps in its caches): on 2 cores batch 8 went from 53.3 to 50.6 ms per image and
+    // batch 2 from 57.7 to 53.4 (medians of 9 and 5 interleaved rounds). Smaller batches split
+    // every layer across the threads.
+    let threads = rayon::current_num_threads();
+    let per_group = if n >= threads { n.div_ceil(threads) } else { n };
+    let parts: Vec<Option<(Vec<f32>, [usize; 4])>> = (0..n.div_ceil(per_group))
+        .into_par_iter()
+        .map(|group| {
+            let images = group * per_group..((group + 1) * per_group).min(n);
+            let part = &input[images.start * c * h * w..images.end * c * h * w];
+            run(net, part, [images.len(), c, h, w], |map, shape, bias| {
+                if pooled {
+                    (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
+                } else {
+                    (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
+                }
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    let mut shape = [n, 0, 0, 0];
+    for part in parts {
+        let (part_values, [_, features, h, w]) = part?;
+        values.extend_from_slice(&part_values);
+        shape[1..].copy_from_slice(&[features, h, w]);
+    }
     Some(FlexTensor::from_data(TensorData::new(values, shape)))
 }
 
@@ -168,30 +197,31 @@ struct Scratch {
     columns: Vec<f32>,
 }
 
-/// Scratch kept between passes up to this size: fresh buffers cost a page fault and a clearing
-/// per page (keeping them took batch 8 from 49-50 to 44-46 ms per image). 256 MiB holds the
-/// buffers of 224x224 inputs up to batch 12 (about 170 MB at batch 8).
+/// Scratch kept between passes up to this size in all: fresh buffers cost a page fault and a
+/// clearing per page (keeping them took batch 8 from 49-50 to 44-46 ms per image). 256 MiB
+/// holds the buffers of 224x224 inputs up to batch 12 (about 170 MB at batch 8, in one pass or
+/// in one per thread).
 const KEPT_SCRATCH_BYTES: usize = 256 << 20;
 
-/// The scratch of the last pass, for the next one (a concurrent pass allocates its own).
-static KEPT_SCRATCH: Mutex<Option<Scratch>> = Mutex::new(None);
+/// The scratch of the last passes (one per concurrent pass), for the next ones.
+static KEPT_SCRATCH: Mutex<Vec<Scratch>> = Mutex::new(Vec::new());
 
 impl Scratch {
-    /// The kept scratch, or empty buffers if there is none (or another pass holds it).
+    /// A kept scratch, or empty buffers if there is none.
     fn take() -> Scratch {
-        KEPT_SCRATCH
-            .try_lock()
-            .ok()
-            .and_then(|mut kept| kept.take())
-            .unwrap_or_default()
+        KEPT_SCRATCH.lock().ok().and_then(|mut kept| kept.pop()).unwrap_or_default()
     }
 
-    /// Keeps this scratch for the next pass if it is not larger than [`KEPT_SCRATCH_BYTES`].
-    fn keep(self) {
+    fn bytes(&self) -> usize {
         let floats = self.maps.iter().map(Vec::len).sum::<usize>() + self.subsampled.len() + self.columns.len();
-        if floats * std::mem::size_of::<f32>() <= KEPT_SCRATCH_BYTES {
-            if let Ok(mut kept) = KEPT_SCRATCH.try_lock() {
-                *kept = Some(self);
+        floats * std::mem::size_of::<f32>()
+    }
+
+    /// Keeps this scratch for a next pass if the kept ones stay within [`KEPT_SCRATCH_BYTES`].
+    fn keep(self) {
+        if let Ok(mut kept) = KEPT_SCRATCH.lock() {
+            if kept.iter().map(Scratch::bytes).sum::<usize>() + self.bytes() <= KEPT_SCRATCH_BYTES {
+                kept.push(self);
             }
         }
     }
@@ -201,7 +231,7 @@ impl Scratch {
 /// the next inference, so call this only when no more inference follows for a while).
 pub fn release_scratch() {
     if let Ok(mut kept) = KEPT_SCRATCH.lock() {
-        *kept = None;
+        kept.clear();
     }
 }
 
