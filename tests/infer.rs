@@ -122,7 +122,12 @@ fn test_time_flip_averages_an_image_and_its_mirror() {
     assert!(common::max_abs_diff(&averaged, &expected) < 1e-6);
     let of_mirror = common::values(net.forward_test_time(mirrored.clone(), flip).probabilities());
     assert!(common::max_abs_diff(&averaged, &of_mirror) < 1e-6, "mirror-invariant");
-    assert_eq!(common::values(flipped.embeddings), common::values(net.forward(images.clone()).embeddings));
+    // The embeddings are the plain images' (a mirror's differ by ~0.1), up to rounding: the
+    // host pass may group the 6 views and the 3 images differently across threads, and a
+    // product of one column (a single image's 1x1 map) takes another summation order.
+    let embeddings = common::values(flipped.embeddings);
+    assert!(common::max_abs_diff(&embeddings, &common::values(net.forward(images.clone()).embeddings)) < 1e-5);
+    assert!(common::max_abs_diff(&embeddings, &common::values(net.forward(mirrored.clone()).embeddings)) > 1e-3);
     let plain = common::values(net.probabilities(images.clone()));
     assert!(common::max_abs_diff(&plain, &averaged) > 1e-4, "the flip must change something");
 
@@ -169,7 +174,8 @@ fn test_time_crop_averages_the_centred_crop_and_its_mirror() {
     let expected: Vec<f32> = (0..averaged.len()).map(|i| probabilities.iter().map(|p| p[i]).sum::<f32>() / 4.0).collect();
     assert!(common::max_abs_diff(&averaged, &expected) < 1e-6);
     assert!(common::max_abs_diff(&averaged, &mean(2)) > 1e-5, "the mirrors must count");
-    assert_eq!(common::values(four.embeddings), common::values(net.forward(images.clone()).embeddings));
+    // The plain images' embeddings, up to rounding (see `test_time_flip_averages_...`).
+    assert!(common::max_abs_diff(&common::values(four.embeddings), &common::values(net.forward(images.clone()).embeddings)) < 1e-5);
 
     let card = ModelCard::new(config.clone()).with_input_size(40).with_test_time_flip(true).with_test_time_crop(Some(0.9));
     assert_eq!(card.test_time_views(), both);

@@ -443,7 +443,8 @@ fn host_backbone_pass_matches_the_layers() {
 /// The host pass runs one pass per thread over its share of the images when the batch has an
 /// image per thread, else one pass over the whole batch: on 1 to 5 threads (batch 4 as one
 /// pass, 2+2, 2+2 on 3 threads, 1+1+1+1 and whole again on 5) every image gets the bits of the
-/// single-threaded pass, and the layers' results.
+/// single-threaded pass, and the layers' results. (The last maps here are 2x2: a product of a
+/// single column, one image's 1x1 map, would take `gemm`'s matrix-vector order instead.)
 #[cfg(feature = "flex")]
 #[test]
 fn host_pass_gives_every_image_the_same_bits_however_the_batch_is_split() {
