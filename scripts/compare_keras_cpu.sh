@@ -10,6 +10,8 @@
 # host pass with adcorre's own loops capped at AVX2 (`ADCORRE_HOST_ISA=avx2`).
 # BASELINE_BIN=path/to/an/older/adcorre adds
 # that binary's default inference to the same run (e.g. a build of an earlier commit).
+# ROUNDS=N (N > 1) then also runs N interleaved rounds of ONNX Runtime, the host pass and the
+# baseline and prints their medians and ratios: single runs of a shared VM swing by 10-20%.
 #
 # Needs: pip install tensorflow-cpu tf-keras tf2onnx onnxruntime (development machine only; CI does
 # not run this); PYTHON names that environment's python (default python3). The ONNX file is
@@ -67,3 +69,32 @@ for batch in 1 8; do
             "$tf_s" "$ort_s" "$batch" "adcorre host pass, own loops capped at AVX2 (ADCORRE_HOST_ISA=avx2)"
     fi
 done
+
+if [ "${ROUNDS:-1}" -gt 1 ]; then
+    rounds_out=$(mktemp)
+    for _ in $(seq "$ROUNDS"); do
+        "$python" "$shared/bench/ort_bench.py" "$onnx" 10 | sed -n 's/.*bs=\([0-9]*\) .*ms_per_image=\([0-9.]*\).*/ONNX_Runtime \1 \2/p'
+        for batch in 1 8; do
+            for bin in ./target/release/adcorre ${BASELINE_BIN:-}; do
+                ms=$("$bin" bench --model "$model" --batch "$batch" --iters 7 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
+                echo "$(basename "$bin") $batch $ms"
+            done
+        done
+    done >"$rounds_out"
+    python3 - "$rounds_out" "$ROUNDS" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    who, batch, ms = line.split()
+    runs[(who, int(batch))].append(float(ms))
+for batch in (1, 8):
+    ort_runs = runs[("ONNX_Runtime", batch)]
+    ort = statistics.median(ort_runs)
+    print(f"batch {batch}, {sys.argv[2]} interleaved rounds: ONNX Runtime {' '.join(f'{v:.1f}' for v in ort_runs)}")
+    for who in sorted({w for w, b in runs if b == batch and w != "ONNX_Runtime"}):
+        ms = statistics.median(runs[(who, batch)])
+        print(f"batch {batch}, {sys.argv[2]} interleaved rounds: {who} {' '.join(f'{v:.1f}' for v in runs[(who, batch)])}; "
+              f"median {ms:.1f} ms/image, ONNX Runtime {ort:.1f}, ratio {ms / ort:.2f}")
+PY
+    rm -f "$rounds_out"
+fi
