@@ -34,7 +34,7 @@ use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
 
 /// Size of one im2col chunk of the stem convolutions (4 MiB), which bounds the column buffer
 /// whatever the batch and keeps the columns in cache from their writing to the product (the
-/// second convolution's product, one core: 80-84 GFLOP/s with 16 MiB chunks, 81-92 with 4 MiB);
+/// second convolution's product, one core: 69-84 GFLOP/s with 16 MiB chunks, 81-92 with 4 MiB);
 /// the first convolution (depth 27) takes a whole 224x224 image at once.
 const IM2COL_CHUNK_FLOATS: usize = 1 << 20;
 
@@ -72,14 +72,13 @@ pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool
             })
         })
         .collect();
-    let mut values = Vec::new();
-    let mut shape = [n, 0, 0, 0];
+    // The first part's values (all of them for a single group) take the others' after them.
+    let mut parts = parts.into_iter();
+    let (mut values, [_, features, h, w]) = parts.next()??;
     for part in parts {
-        let (part_values, [_, features, h, w]) = part?;
-        values.extend_from_slice(&part_values);
-        shape[1..].copy_from_slice(&[features, h, w]);
+        values.extend_from_slice(&part?.0);
     }
-    Some(FlexTensor::from_data(TensorData::new(values, shape)))
+    Some(FlexTensor::from_data(TensorData::new(values, [n, features, h, w])))
 }
 
 /// The values of a contiguous f32 tensor that owns exactly its elements (no offset, no view).
