@@ -99,7 +99,10 @@ fn grayscale_models_are_fed_luma() {
     let luma_seen = probabilities(true, &colour);
     let difference = colour_seen.iter().zip(&luma_seen).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     println!("colour vs luma input, largest probability difference {difference:e}");
-    assert!(difference > 1e-4, "colour and luma input must differ for a colour model: {difference}");
+    // Luma input gives the same bits whichever way it arrives (above), so any difference shows
+    // the colours reached the network. The size of the difference depends on the unseeded
+    // initialisation (1e-3 to 7e-3 in five runs, once 8.4e-5), so no margin is asserted.
+    assert!(difference > 0.0, "colour and luma input must differ for a colour model: {difference}");
 }
 
 /// The test-time flip averages the probabilities of an image and its mirror image, so a model
