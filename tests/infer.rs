@@ -271,6 +271,26 @@ fn cli_imports_keras_and_predicts() {
         assert_eq!(line["embeddings"].as_array().unwrap().len(), 7);
     }
 
+    // `--backend` picks the backend (flex above, the default): Keras' probabilities on ndarray
+    // too, and a clear error for a backend that is not compiled in.
+    #[cfg(feature = "ndarray")]
+    {
+        let out = adcorre(&["predict", "--backend", "ndarray", "--model", mpk, "--json", "--input-npy", "../shared/fixtures/keras/input.npy"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 4);
+        for (item, line) in lines.iter().enumerate() {
+            for (class, value) in line["probabilities"].as_object().unwrap().values().enumerate() {
+                let error = (value.as_f64().unwrap() as f32 - keras[[item, class]]).abs();
+                assert!(error < 1e-5, "--backend ndarray, input {item}, class {class}: {error:e} from Keras");
+            }
+        }
+    }
+    let out = adcorre(&["predict", "--backend", "tpu", "--model", mpk, image.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(message.contains("backend 'tpu' is not compiled in") && message.contains("flex"), "{message}");
+
     let out = adcorre(&["predict", "--model", mpk, "README.md"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("README.md"));
