@@ -238,6 +238,13 @@ fn adcorre(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_adcorre")).args(args).output().unwrap()
 }
 
+/// The JSON lines `adcorre predict --json` printed, after asserting that it succeeded.
+#[cfg(feature = "keras")]
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
 #[cfg(feature = "keras")]
 #[test]
 fn cli_imports_keras_and_predicts() {
@@ -254,11 +261,7 @@ fn cli_imports_keras_and_predicts() {
         "predict", "--model", mpk, "--json", "--embeddings",
         "--input-npy", "../shared/fixtures/keras/input.npy", image.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&out);
     assert_eq!(lines.len(), 5, "4 fixture inputs and 1 image");
     // The fixture inputs give Keras' probabilities.
     let keras = adcorre::data::npy::read_npy::<f32>("../shared/fixtures/keras/probs.npy".as_ref()).unwrap();
@@ -276,8 +279,7 @@ fn cli_imports_keras_and_predicts() {
     #[cfg(feature = "ndarray")]
     {
         let out = adcorre(&["predict", "--backend", "ndarray", "--model", mpk, "--json", "--input-npy", "../shared/fixtures/keras/input.npy"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines = json_lines(&out);
         assert_eq!(lines.len(), 4);
         for (item, line) in lines.iter().enumerate() {
             for (class, value) in line["probabilities"].as_object().unwrap().values().enumerate() {

@@ -79,10 +79,10 @@ fn keras_fixture_matches_on_wgpu() {
         let data = TensorData::new(image.iter().copied().collect::<Vec<f32>>(), [1, 224, 224, 3]);
         Tensor::<Wgpu, 4>::from_data(data, &device).permute([0, 3, 1, 2])
     };
-    let reference_probabilities = keras_reference_first_image("probs.npy");
+    let (reference_probabilities, reference_embeddings) = (keras_reference_first_image("probs.npy"), keras_reference_first_image("embeddings.npy"));
     let check = |what: &str, out: adcorre::model::AdCorreOutput<Wgpu>| {
         let probs = max_abs_diff(&values(out.probabilities()), &reference_probabilities);
-        let embeddings = max_abs_diff(&values(out.embeddings), &keras_reference_first_image("embeddings.npy"));
+        let embeddings = max_abs_diff(&values(out.embeddings), &reference_embeddings);
         eprintln!("keras parity on wgpu, {what}: probabilities {probs:e}, embeddings {embeddings:e}");
         assert!(probs <= 1e-5 && embeddings <= 1e-5, "{what}: probabilities {probs:e}, embeddings {embeddings:e}");
     };
