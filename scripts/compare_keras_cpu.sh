@@ -12,6 +12,7 @@
 # that binary's default inference to the same run (e.g. a build of an earlier commit).
 # ROUNDS=N (N > 1) then also runs N interleaved rounds of ONNX Runtime, the host pass and the
 # baseline and prints their medians and ratios: single runs of a shared VM swing by 10-20%.
+# Last (before the rounds), the host pass and ONNX Runtime on one core each.
 #
 # Needs: pip install tensorflow-cpu tf-keras tf2onnx onnxruntime (development machine only; CI does
 # not run this); PYTHON names that environment's python (default python3). The ONNX file is
@@ -68,6 +69,33 @@ for batch in 1 8; do
         report "$(ADCORRE_HOST_ISA=avx2 ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json)" \
             "$tf_s" "$ort_s" "$batch" "adcorre host pass, own loops capped at AVX2 (ADCORRE_HOST_ISA=avx2)"
     fi
+done
+
+# One core each (rayon's pool and ONNX Runtime's intra-op threads at 1): whether a gap is each
+# core's speed or the split of the work across the cores.
+ort_one_core=$("$python" - "$onnx" <<'PY'
+import sys, time, numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+options.intra_op_num_threads = 1
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+name = session.get_inputs()[0].name
+for batch in (1, 8):
+    x = np.random.rand(batch, 224, 224, 3).astype(np.float32)
+    for _ in range(2):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        session.run(None, {name: x})
+        times.append(time.perf_counter() - start)
+    print(batch, sorted(times)[2] * 1e3 / batch)
+PY
+)
+for batch in 1 8; do
+    ort_ms=$(echo "$ort_one_core" | sed -n "s/^$batch \([0-9.]*\)$/\1/p")
+    ms=$(RAYON_NUM_THREADS=1 ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
+    python3 -c "import sys; ms, ort = float(sys.argv[1]), float(sys.argv[2]); print(f'batch $batch, one core each: adcorre host pass {ms:.1f} ms/image; ONNX Runtime {ort:.1f}, ratio {ms / ort:.2f}')" "$ms" "$ort_ms"
 done
 
 if [ "${ROUNDS:-1}" -gt 1 ]; then
