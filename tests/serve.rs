@@ -175,6 +175,13 @@ fn bad_requests_get_4xx_with_the_errors_message_and_the_server_lives_on() {
     assert!(error(&too_big).contains("100000 bytes"), "{}", error(&too_big));
     let (content_type, body) = multipart("image", "big.jpg", &vec![0u8; 200_000]);
     assert_eq!(server.post("/predict", &content_type, &body).0, 413);
+    // A client that writes its whole body before reading (as ureq does) still gets the 413, not
+    // a connection closed under it: the server reads and drops an oversized body (up to 16 MiB
+    // beyond the limit) before it answers.
+    let far_too_big = server.post("/predict", "image/jpeg", &vec![0u8; 4 << 20]);
+    assert_eq!(far_too_big.0, 413, "{far_too_big:?}");
+    let (content_type, body) = multipart("image", "big.jpg", &vec![0u8; 4 << 20]);
+    assert_eq!(server.post("/predict", &content_type, &body).0, 413);
 
     let huge_declared = server.post("/predict", "image/png", &png_header(60_000, 60_000));
     assert_eq!(huge_declared.0, 413, "{huge_declared:?}");

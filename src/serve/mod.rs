@@ -7,7 +7,8 @@
 //!   `embeddings=true` (add the k embeddings).
 //! - `GET /health`: `{"status": "ok", "model": <the model card>, "faces": ...}`.
 //!
-//! Limits: bodies above [`ServeConfig::max_body_bytes`] get `413`; images are decoded within the
+//! Limits: bodies above [`ServeConfig::max_body_bytes`] get `413` (read and dropped first, up to
+//! 16 MiB more, so that a client writing its whole body still receives it); images are decoded within the
 //! model's [`ImageLimits`](crate::infer::preprocess::ImageLimits); at most
 //! [`ServeConfig::max_concurrent`] recognitions run at once, at most
 //! [`ServeConfig::max_queued`] more wait, and a request beyond that gets `503` with
@@ -169,10 +170,53 @@ where
 /// The answer to a body axum refused: `413` names the limit.
 fn body_rejected(status: StatusCode, text: String, limit: usize) -> Response {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        error_response(status, format!("the request body exceeds the limit of {limit} bytes (adcorre serve --max-body-bytes)"))
+        too_large(limit)
     } else {
         error_response(status, text)
     }
+}
+
+fn too_large(limit: usize) -> Response {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body exceeds the limit of {limit} bytes (adcorre serve --max-body-bytes)"),
+    )
+}
+
+/// Bytes of an oversized body read and dropped before its `413` is sent: a client that writes
+/// its whole body before reading the answer (ureq, Python's requests) would otherwise find the
+/// connection closed under it and report a broken pipe instead of the `413`. Bodies declared
+/// larger than the limit plus this are answered at once.
+const DRAIN_BYTES: usize = 16 << 20;
+
+/// The whole body of `request`, at most `limit` bytes; beyond that `413`, after reading and
+/// dropping the rest (up to [`DRAIN_BYTES`] more) so that the client receives it.
+async fn read_body(request: Request, limit: usize) -> Result<(axum::http::request::Parts, Bytes), Response> {
+    use http_body::Body as _;
+    let (parts, mut body) = request.into_parts();
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|declared| declared > limit.saturating_add(DRAIN_BYTES)) {
+        return Err(too_large(limit));
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit));
+    let mut read = 0usize;
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|err| error_response(StatusCode::BAD_REQUEST, format!("cannot read the request body: {err}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        read = read.saturating_add(data.len());
+        if read > limit.saturating_add(DRAIN_BYTES) {
+            break;
+        }
+        if read <= limit {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    if read > limit {
+        return Err(too_large(limit));
+    }
+    Ok((parts, Bytes::from(bytes)))
 }
 
 /// The image of a request: its name (for errors and the reply's `input`) and bytes.
@@ -182,7 +226,9 @@ async fn request_image(request: Request, limit: usize) -> Result<(String, Bytes)
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.trim_start().to_ascii_lowercase().starts_with("multipart/form-data"));
+    let (parts, body) = read_body(request, limit).await?;
     let (name, bytes) = if multipart {
+        let request = Request::from_parts(parts, axum::body::Body::from(body));
         let mut form = Multipart::from_request(request, &())
             .await
             .map_err(|rejection| body_rejected(rejection.status(), rejection.body_text(), limit))?;
@@ -201,10 +247,7 @@ async fn request_image(request: Request, limit: usize) -> Result<(String, Bytes)
         }
         image.ok_or_else(|| error_response(StatusCode::BAD_REQUEST, "the multipart form has no field named 'image'"))?
     } else {
-        let bytes = Bytes::from_request(request, &())
-            .await
-            .map_err(|rejection| body_rejected(rejection.status(), rejection.body_text(), limit))?;
-        ("request body".to_string(), bytes)
+        ("request body".to_string(), body)
     };
     if bytes.is_empty() {
         return Err(error_response(
