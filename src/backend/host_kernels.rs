@@ -32,13 +32,37 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
         return;
     }
     let isa = host_isa::detected();
+    plane_shares(output, ho * wo, input, h * w, |_, out_planes, planes| {
+        let mut window_row = vec![f32::NEG_INFINITY; 2 * wo + 1];
+        for (out_plane, plane) in out_planes.chunks_mut(ho * wo).zip(planes.chunks(h * w)) {
+            max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, &mut window_row);
+        }
+    });
+}
+
+/// Shares of [`plane_shares`] per thread: more than one, so that a thread that starts late
+/// (woken from sleep) leaves its shares to the others instead of holding up the step.
+const SHARES_PER_THREAD: usize = 4;
+
+/// Runs `work(first, out_planes, planes)` on [`SHARES_PER_THREAD`] shares of whole planes per
+/// thread of the pool: `output`'s planes of `out_len` floats and the same planes of `input`,
+/// `in_len` floats each, from plane `first` on. Splitting per plane instead cost more than the
+/// work on small planes: on one thread of the AVX2 machine, 728 depthwise planes of 14x14 took
+/// 0.29-0.32 ms split per plane by rayon and 0.12-0.16 ms in one loop.
+pub(crate) fn plane_shares(
+    output: &mut [f32],
+    out_len: usize,
+    input: &[f32],
+    in_len: usize,
+    work: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
+) {
+    let planes = output.len() / out_len.max(1);
+    let per_share = planes.div_ceil(SHARES_PER_THREAD * rayon::current_num_threads()).max(1);
     output
-        .par_chunks_mut(ho * wo)
-        .zip(input.par_chunks(h * w))
-        .for_each_init(
-            || vec![f32::NEG_INFINITY; 2 * wo + 1],
-            |window_row, (out_plane, plane)| max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, window_row),
-        );
+        .par_chunks_mut(per_share * out_len.max(1))
+        .zip(input.par_chunks(per_share * in_len.max(1)))
+        .enumerate()
+        .for_each(|(share, (out_planes, planes))| work(share * per_share, out_planes, planes));
 }
 
 host_isa::isa_kernel! {
@@ -146,19 +170,15 @@ pub(crate) fn depthwise_planes(
         return;
     }
     let isa = host_isa::detected();
-    output
-        .par_chunks_mut(h * w)
-        .zip(input.par_chunks(h * w))
-        .enumerate()
-        .for_each_init(
-            || vec![0.0f32; 3 * (h * w + 2 * (w + 1))],
-            |copies, (plane_index, (out_plane, plane))| {
-                let channel = channel_of(plane_index);
-                let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
-                let b = bias.map(|bias| bias[channel]);
-                depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, copies);
-            },
-        );
+    plane_shares(output, h * w, input, h * w, |first, out_planes, planes| {
+        let mut copies = vec![0.0f32; 3 * (h * w + 2 * (w + 1))];
+        for (plane_index, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(h * w).zip(planes.chunks(h * w))) {
+            let channel = channel_of(plane_index);
+            let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
+            let b = bias.map(|bias| bias[channel]);
+            depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, &mut copies);
+        }
+    });
 }
 
 host_isa::isa_kernel! {

@@ -24,10 +24,12 @@ use burn::nn::PaddingConfig2d;
 use burn::prelude::*;
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::host_matmul::{matmul, MatRef};
-use super::host_kernels::{depthwise_planes, max_pool_planes, InputRead};
+use super::host_kernels::{depthwise_planes, max_pool_planes, plane_shares, InputRead};
+use super::host_profile::{timed, WHOLE_PASS};
 use super::Flex;
 use crate::model::layers::{ConvBn, SeparableConvBn};
 use crate::model::xception::{EntryBlock, MiddleBlock, Xception};
@@ -43,6 +45,10 @@ const IM2COL_CHUNK_FLOATS: usize = 1 << 20;
 /// `x` is f32 and every layer is in the form the pass handles (folded batch norms, Keras'
 /// kernel sizes and strides); `None` otherwise, for Burn's layers.
 pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
+    timed(|| "backbone".to_string(), WHOLE_PASS, 0.0, || folded_xception_timed(net, x, pooled))
+}
+
+fn folded_xception_timed(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
     let dims: [usize; 4] = x.shape().dims();
     // A permuted or sliced input (e.g. NHWC images seen as NCHW) is gathered once.
     let input = if values(x).is_some() { x.clone() } else { x.to_contiguous() };
@@ -55,23 +61,30 @@ pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool
     // thread: each thread then works on its own maps (no waiting on each other between layers,
     // smaller maps in its caches): on 2 cores batch 8 went from 53.3 to 50.6 ms per image and
     // batch 2 from 57.7 to 53.4 (medians of 9 and 5 interleaved rounds). Smaller batches split
-    // every layer across the threads.
+    // every layer across the threads, whose helpers spin between the layers' parts (on the
+    // 2-core AVX2 machine, batch 1 in seven interleaved rounds: 85.7 -> 75.4 ms, sleeping
+    // workers woke too late for the short parts).
     let threads = rayon::current_num_threads();
     let per_group = if n >= threads { n.div_ceil(threads) } else { n };
-    let parts: Vec<Option<(Vec<f32>, [usize; 4])>> = (0..n.div_ceil(per_group))
-        .into_par_iter()
-        .map(|group| {
+    let groups = n.div_ceil(per_group);
+    let run_group = |group: usize| {
             let images = group * per_group..((group + 1) * per_group).min(n);
             let part = &input[images.start * c * h * w..images.end * c * h * w];
             run(net, part, [images.len(), c, h, w], |map, shape, bias| {
-                if pooled {
-                    (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
-                } else {
-                    (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
-                }
+                timed(|| "head".to_string(), "finish", 0.0, || {
+                    if pooled {
+                        (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
+                    } else {
+                        (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
+                    }
+                })
             })
-        })
-        .collect();
+    };
+    let parts: Vec<Option<(Vec<f32>, [usize; 4])>> = if groups == 1 && threads > 1 {
+        vec![with_spinning_helpers(|| run_group(0))]
+    } else {
+        (0..groups).into_par_iter().map(run_group).collect()
+    };
     // The first part's values (all of them for a single group) take the others' after them.
     let mut parts = parts.into_iter();
     let (mut values, [_, features, h, w]) = parts.next()??;
@@ -79,6 +92,48 @@ pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool
         values.extend_from_slice(&part?.0);
     }
     Some(FlexTensor::from_data(TensorData::new(values, [n, features, h, w])))
+}
+
+/// Runs `work` on a thread of the pool while its other threads wait for the parallel parts of
+/// `work` by spinning: each executes queued parts as soon as there are any, instead of going to
+/// sleep between layers and being woken for the next one (as ONNX Runtime's threads spin). A
+/// thread that is running `work` or spinning already returns from a helper at once, so no
+/// helper waits on itself or on another helper.
+fn with_spinning_helpers<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    thread_local! {
+        static BUSY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    /// Marks `work` done when dropped, also when it panics (the helpers then stop).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let helpers = rayon::current_num_threads().saturating_sub(1);
+    rayon::scope(|scope| {
+        for _ in 0..helpers {
+            scope.spawn(|_| {
+                if BUSY.with(|busy| busy.replace(true)) {
+                    return;
+                }
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+                BUSY.with(|busy| busy.set(false));
+            });
+        }
+        let was_busy = BUSY.with(|busy| busy.replace(true));
+        let output = {
+            let _done = Done(&done);
+            work()
+        };
+        BUSY.with(|busy| busy.set(was_busy));
+        output
+    })
 }
 
 /// The values of a contiguous f32 tensor that owns exactly its elements (no offset, no view).
@@ -242,6 +297,14 @@ fn slot(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
+/// A layer of the pass as Keras names it: block number and part (`block4_sepconv2` is
+/// `(4, "sepconv2")`), formatted only when the pass is profiled.
+type LayerName = (usize, &'static str);
+
+fn layer_name((block, part): LayerName) -> String {
+    format!("block{block}_{part}")
+}
+
 /// Buffer roles in [`Scratch::maps`]: the current feature map, depthwise outputs, and
 /// intermediate maps.
 const MAP: usize = 0;
@@ -310,28 +373,28 @@ fn run_with(net: &Xception<Flex>, input: &[f32], dims: [usize; 4], scratch: &mut
     }
     let nchw = |channel: usize, image: usize| (image * c + channel) * h * w;
     let stem = slot(&mut scratch.maps[FILTERED], s1.len());
-    conv3x3(input, [h, w], nchw, stem_stride, InputRead::default(), &conv1, s1, stem, &mut scratch.columns);
+    conv3x3((1, "conv1"), input, [h, w], nchw, stem_stride, InputRead::default(), &conv1, s1, stem, &mut scratch.columns);
     let cnhw = |channel: usize, image: usize| (channel * n + image) * s1.h * s1.w;
     let (stem, map) = read_write(&mut scratch.maps, FILTERED, MAP);
     let read = InputRead { bias: conv1.bias(), relu: true };
-    conv3x3(&stem[..s1.len()], [s1.h, s1.w], cnhw, 1, read, &conv2, s2, slot(map, s2.len()), &mut scratch.columns);
+    conv3x3((1, "conv2"), &stem[..s1.len()], [s1.h, s1.w], cnhw, 1, read, &conv2, s2, slot(map, s2.len()), &mut scratch.columns);
     let x = Map { shape: s2, bias: conv2.bias().map(<[f32]>::to_vec) };
 
     // Block 2's input is that convolution's output before its ReLU: both branches apply it.
-    let mut x = entry_block(&net.block2, x, true, scratch)?;
-    for block in [&net.block3, &net.block4] {
-        x = entry_block(block, x, false, scratch)?;
+    let mut x = entry_block(2, &net.block2, x, true, scratch)?;
+    for (number, block) in [(3, &net.block3), (4, &net.block4)] {
+        x = entry_block(number, block, x, false, scratch)?;
     }
-    for block in &net.middle {
-        x = middle_block(block, x, scratch)?;
+    for (index, block) in net.middle.iter().enumerate() {
+        x = middle_block(5 + index, block, x, scratch)?;
     }
-    x = entry_block(&net.block13, x, false, scratch)?;
+    x = entry_block(13, &net.block13, x, false, scratch)?;
 
     // Block 14: two separable convolutions, each followed by a ReLU (the last one applied by
     // `finish`).
     let maps = &mut scratch.maps;
-    let y = separable(&net.block14_sepconv1, maps, [MAP, FILTERED, INNER], &x, false, Start::Empty)?;
-    separable(&net.block14_sepconv2, maps, [INNER, FILTERED, MAP], &y, true, Start::Empty)
+    let y = separable((14, "sepconv1"), &net.block14_sepconv1, maps, [MAP, FILTERED, INNER], &x, false, Start::Empty)?;
+    separable((14, "sepconv2"), &net.block14_sepconv2, maps, [INNER, FILTERED, MAP], &y, true, Start::Empty)
 }
 
 /// What the output buffer of a 1x1 product holds before the product is added.
@@ -346,8 +409,9 @@ enum Start {
 }
 
 /// A downsampling residual block (Keras blocks 2, 3, 4, 13) on the map in `maps[MAP]`, leaving
-/// its output there. `input_relu`: the input still needs its ReLU (block 2).
-fn entry_block(block: &EntryBlock<Flex>, x: Map, input_relu: bool, scratch: &mut Scratch) -> Option<Map> {
+/// its output there. `input_relu`: the input still needs its ReLU (block 2). `number`: the
+/// block's number in Keras' names.
+fn entry_block(number: usize, block: &EntryBlock<Flex>, x: Map, input_relu: bool, scratch: &mut Scratch) -> Option<Map> {
     let shortcut = dense_conv(&block.shortcut, 1, 2)?;
     let shape = x.shape;
     if shortcut.dims[1] != shape.c {
@@ -356,22 +420,25 @@ fn entry_block(block: &EntryBlock<Flex>, x: Map, input_relu: bool, scratch: &mut
     let sub = MapShape { h: shape.h.div_ceil(2), w: shape.w.div_ceil(2), ..shape };
     let out = MapShape { c: shortcut.dims[0], ..sub };
     let maps = &mut scratch.maps;
-    subsample(&maps[MAP][..shape.len()], shape, x.read(input_relu), slot(&mut scratch.subsampled, sub.len()));
+    let subsampled = slot(&mut scratch.subsampled, sub.len());
+    timed(|| layer_name((number, "shortcut")), "subsample", 0.0, || subsample(&maps[MAP][..shape.len()], shape, x.read(input_relu), subsampled));
     let relu_first = input_relu || block.relu_first;
-    let mid = separable(&block.sepconv1, maps, [MAP, FILTERED, INNER], &x, relu_first, Start::Empty)?;
-    pointwise(&scratch.subsampled[..sub.len()], sub, &shortcut, slot(&mut maps[MAP], out.len()), Start::Bias);
-    let pre_pool = separable(&block.sepconv2, maps, [INNER, FILTERED, INNER], &mid, true, Start::Bias)?.shape;
+    let mid = separable((number, "sepconv1"), &block.sepconv1, maps, [MAP, FILTERED, INNER], &x, relu_first, Start::Empty)?;
+    pointwise((number, "shortcut"), &scratch.subsampled[..sub.len()], sub, &shortcut, slot(&mut maps[MAP], out.len()), Start::Bias);
+    let pre_pool = separable((number, "sepconv2"), &block.sepconv2, maps, [INNER, FILTERED, INNER], &mid, true, Start::Bias)?.shape;
     if pre_pool.c != out.c || pre_pool.n != out.n {
         return None;
     }
     let (pre_pool_map, map) = read_write(maps, INNER, MAP);
-    max_pool_planes(&pre_pool_map[..pre_pool.len()], &mut map[..out.len()], [pre_pool.h, pre_pool.w], true);
+    timed(|| layer_name((number, "pool")), "max_pool", 0.0, || {
+        max_pool_planes(&pre_pool_map[..pre_pool.len()], &mut map[..out.len()], [pre_pool.h, pre_pool.w], true)
+    });
     Some(Map { shape: out, bias: None })
 }
 
 /// A middle-flow block on the map in `maps[MAP]`: three (ReLU, separable convolution), plus
-/// the input; the output replaces the input.
-fn middle_block(block: &MiddleBlock<Flex>, x: Map, scratch: &mut Scratch) -> Option<Map> {
+/// the input; the output replaces the input. `number`: the block's number in Keras' names.
+fn middle_block(number: usize, block: &MiddleBlock<Flex>, x: Map, scratch: &mut Scratch) -> Option<Map> {
     let maps = &mut scratch.maps;
     let [first, second, third] = &block.sepconvs[..] else {
         return None;
@@ -380,18 +447,19 @@ fn middle_block(block: &MiddleBlock<Flex>, x: Map, scratch: &mut Scratch) -> Opt
     if x.bias.is_some() {
         return None;
     }
-    let y = separable(first, maps, [MAP, FILTERED, INNER], &x, true, Start::Empty)?;
-    let y = separable(second, maps, [INNER, FILTERED, INNER], &y, true, Start::Empty)?;
+    let y = separable((number, "sepconv1"), first, maps, [MAP, FILTERED, INNER], &x, true, Start::Empty)?;
+    let y = separable((number, "sepconv2"), second, maps, [INNER, FILTERED, INNER], &y, true, Start::Empty)?;
     if y.shape.c != x.shape.c {
         return None;
     }
-    separable(third, maps, [INNER, FILTERED, MAP], &y, true, Start::ResidualPlusBias)
+    separable((number, "sepconv3"), third, maps, [INNER, FILTERED, MAP], &y, true, Start::ResidualPlusBias)
 }
 
 /// A separable convolution of the map `x` in `maps[input]` (read with its missing bias and,
 /// if `relu_input`, a ReLU): 3x3 depthwise into `maps[filtered]`, then 1x1 into
 /// `maps[output]`, which may be `input` (read only by the depthwise step).
 fn separable(
+    name: LayerName,
     layer: &SeparableConvBn<Flex>,
     maps: &mut [Vec<f32>; 3],
     [input, filtered, output]: [usize; 3],
@@ -407,32 +475,45 @@ fn separable(
     let n = shape.n;
     let (x_values, filtered_map) = read_write(maps, input, filtered);
     let filtered_map = slot(filtered_map, shape.len());
-    depthwise_planes(&x_values[..shape.len()], filtered_map, [shape.h, shape.w], depthwise.weight(), depthwise.bias(), |plane| plane / n, x.read(relu_input));
+    timed(|| layer_name(name), "depthwise", 18.0 * shape.len() as f64, || {
+        depthwise_planes(&x_values[..shape.len()], filtered_map, [shape.h, shape.w], depthwise.weight(), depthwise.bias(), |plane| plane / n, x.read(relu_input))
+    });
     let out = MapShape { c: pointwise_weights.dims[0], ..shape };
     let (filtered_map, output_map) = read_write(maps, filtered, output);
     if start == Start::ResidualPlusBias && output_map.len() < out.len() {
         return None;
     }
-    let bias = pointwise(&filtered_map[..shape.len()], shape, &pointwise_weights, slot(output_map, out.len()), start);
+    let bias = pointwise(name, &filtered_map[..shape.len()], shape, &pointwise_weights, slot(output_map, out.len()), start);
     Some(Map { shape: out, bias })
 }
 
 /// A 1x1 convolution as one matrix product over the batch: `output [out, n*h*w] (+)=
 /// W [out, in] x [in, n*h*w]`, plus the bias unless `start` is [`Start::Empty`]; then the bias
 /// is returned, for the readers.
-fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32], start: Start) -> Option<Vec<f32>> {
+fn pointwise(name: LayerName, x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32], start: Start) -> Option<Vec<f32>> {
     let columns = shape.columns();
+    let [out_channels, in_channels, _, _] = conv.dims;
+    let flops = 2.0 * (out_channels * in_channels * columns) as f64;
+    timed(|| layer_name(name), "product", flops, || pointwise_product(x, columns, conv, output, start))
+}
+
+/// [`pointwise`] on `columns` columns.
+fn pointwise_product(x: &[f32], columns: usize, conv: &ConvWeights, output: &mut [f32], start: Start) -> Option<Vec<f32>> {
     let [out_channels, in_channels, _, _] = conv.dims;
     let bias = conv.bias();
     let read_output = match (start, bias) {
         (Start::Empty, _) | (Start::Bias, None) => false,
         (Start::Bias, Some(bias)) => {
-            output.par_chunks_mut(columns).zip(bias).for_each(|(row, &b)| row.fill(b));
+            plane_shares(output, columns, bias, 1, |_, rows, biases| {
+                rows.chunks_mut(columns).zip(biases).for_each(|(row, &b)| row.fill(b));
+            });
             true
         }
         (Start::ResidualPlusBias, bias) => {
             if let Some(bias) = bias {
-                output.par_chunks_mut(columns).zip(bias).for_each(|(row, &b)| row.iter_mut().for_each(|v| *v += b));
+                plane_shares(output, columns, bias, 1, |_, rows, biases| {
+                    rows.chunks_mut(columns).zip(biases).for_each(|(row, &b)| row.iter_mut().for_each(|v| *v += b));
+                });
             }
             true
         }
@@ -450,6 +531,7 @@ fn pointwise(x: &[f32], shape: MapShape, conv: &ConvWeights, output: &mut [f32],
 /// which is left to the readers).
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
+    name: LayerName,
     input: &[f32],
     [h, w]: [usize; 2],
     plane: impl Fn(usize, usize) -> usize + Sync,
@@ -469,7 +551,7 @@ fn conv3x3(
             let rows = rows_per_chunk.min(out.h - first_row);
             let chunk = rows * out.w;
             let cols = slot(columns, depth * chunk);
-            cols.par_chunks_mut(chunk).enumerate().for_each(|(r, col)| {
+            timed(|| layer_name(name), "im2col", 0.0, || cols.par_chunks_mut(chunk).enumerate().for_each(|(r, col)| {
                 let (ci, ky, kx) = (r / 9, r / 3 % 3, r % 3);
                 let source = &input[plane(ci, image)..][..h * w];
                 for (y, col_row) in col.chunks_mut(out.w).enumerate() {
@@ -480,9 +562,12 @@ fn conv3x3(
                         read.copy(ci, row.iter().step_by(stride), col_row);
                     }
                 }
-            });
+            }));
             let offset = (image * out.h + first_row) * out.w;
-            matmul(&mut output[offset..], all_columns, [out_channels, depth, chunk], MatRef::rows(conv.weight(), depth), MatRef::rows(cols, chunk), false);
+            let flops = 2.0 * (out_channels * depth * chunk) as f64;
+            timed(|| layer_name(name), "product", flops, || {
+                matmul(&mut output[offset..], all_columns, [out_channels, depth, chunk], MatRef::rows(conv.weight(), depth), MatRef::rows(cols, chunk), false)
+            });
         }
     }
 }
@@ -491,16 +576,14 @@ fn conv3x3(
 /// `[c, n, h, w]` map, read as `read` says.
 fn subsample(x: &[f32], shape: MapShape, read: InputRead, output: &mut [f32]) {
     let (ho, wo) = (shape.h.div_ceil(2), shape.w.div_ceil(2));
-    output
-        .par_chunks_mut(ho * wo)
-        .zip(x.par_chunks(shape.h * shape.w))
-        .enumerate()
-        .for_each(|(plane_index, (out_plane, plane))| {
+    plane_shares(output, ho * wo, x, shape.h * shape.w, |first, out_planes, planes| {
+        for (plane_index, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(ho * wo).zip(planes.chunks(shape.h * shape.w))) {
             for (y, out_row) in out_plane.chunks_mut(wo).enumerate() {
                 let row = &plane[2 * y * shape.w..][..shape.w];
                 read.copy(plane_index / shape.n, row.iter().step_by(2), out_row);
             }
-        });
+        }
+    });
 }
 
 /// `max(x + bias, 0)` of a `[c, n, h, w]` map, as NCHW.
@@ -523,18 +606,93 @@ fn to_nchw_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
 /// The mean of `max(x + bias, 0)` over each plane of a `[c, n, h, w]` map, as `[n, c]`.
 fn mean_relu(x: &[f32], shape: MapShape, bias: Option<&[f32]>) -> Vec<f32> {
     let plane = shape.h * shape.w;
-    let means: Vec<f32> = x
-        .par_chunks(plane)
-        .enumerate()
-        .map(|(index, values)| {
+    let mut means = vec![0.0f32; shape.n * shape.c];
+    plane_shares(&mut means, 1, x, plane, |first, means, planes| {
+        for (index, (mean, values)) in (first..).zip(means.iter_mut().zip(planes.chunks(plane))) {
             let b = bias.map_or(0.0, |bias| bias[index / shape.n]);
-            values.iter().map(|&v| (v + b).max(0.0)).sum::<f32>() / plane as f32
-        })
-        .collect();
+            *mean = values.iter().map(|&v| (v + b).max(0.0)).sum::<f32>() / plane as f32;
+        }
+    });
     let mut output = vec![0.0f32; shape.n * shape.c];
     for (index, mean) in means.into_iter().enumerate() {
         let (channel, image) = (index / shape.n, index % shape.n);
         output[image * shape.c + channel] = mean;
     }
     output
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::host_profile::{self, StepTime};
+    use crate::model::xception::XceptionConfig;
+    use burn::tensor::Distribution;
+
+    /// The profile of `adcorre bench --profile`: every step of every layer under its Keras
+    /// name, one call per pass (per image for the stem), the products' arithmetic as
+    /// `2 * out * in * columns` (so a separable layer's product is `out / 9` times its
+    /// depthwise step, `18 * in * columns`), the steps inside the whole pass, and nothing timed
+    /// after `stop`.
+    #[test]
+    fn profile_names_every_layers_steps_and_counts_their_arithmetic() {
+        let device = Default::default();
+        let net = XceptionConfig::new().with_width(0.25).with_middle_blocks(1).init::<Flex>(&device).fold_batch_norm();
+        let images = Tensor::<Flex, 4>::random([2, 3, 40, 52], Distribution::Uniform(0.0, 1.0), &device);
+        let input = primitive(images).expect("a float tensor");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a thread pool");
+        let passes = 3;
+        host_profile::start();
+        for _ in 0..passes {
+            assert!(pool.install(|| folded_xception(&net, &input, true)).is_some());
+        }
+        let steps = host_profile::stop();
+        assert!(folded_xception(&net, &input, true).is_some());
+        assert!(host_profile::stop().is_empty(), "nothing is timed after stop");
+
+        let step = |layer: &str, kind: &str| -> &StepTime {
+            steps.iter().find(|s| s.layer == layer && s.step == kind).unwrap_or_else(|| panic!("no {kind} step of {layer}"))
+        };
+        let layers: &[(&str, &[&str])] = &[
+            ("block1_conv1", &["im2col", "product"]),
+            ("block1_conv2", &["im2col", "product"]),
+            ("block2_shortcut", &["subsample", "product"]),
+            ("block2_sepconv1", &["depthwise", "product"]),
+            ("block2_pool", &["max_pool"]),
+            ("block4_sepconv2", &["depthwise", "product"]),
+            ("block5_sepconv3", &["depthwise", "product"]),
+            ("block13_shortcut", &["subsample", "product"]),
+            ("block13_pool", &["max_pool"]),
+            ("block14_sepconv2", &["depthwise", "product"]),
+            ("head", &["finish"]),
+            ("backbone", &[host_profile::WHOLE_PASS]),
+        ];
+        for (layer, kinds) in layers {
+            for kind in *kinds {
+                let timed = step(layer, kind);
+                let per_pass = if layer.starts_with("block1_") { 2 } else { 1 };
+                assert_eq!(timed.calls, passes * per_pass, "{layer} {kind}");
+                assert!(timed.seconds > 0.0, "{layer} {kind}");
+            }
+        }
+        assert!(!steps.iter().any(|s| s.layer.starts_with("block6_")), "one middle block only");
+
+        // The stem's first product: 8 filters of depth 27 over 19 x 25 outputs, per image.
+        let stem = step("block1_conv1", "product");
+        assert_eq!(stem.flops, (passes * 2 * (2 * 8 * 27 * 19 * 25)) as f64);
+        let separable = [
+            ("block2_sepconv1", &net.block2.sepconv1),
+            ("block4_sepconv2", &net.block4.sepconv2),
+            ("block5_sepconv3", &net.middle[0].sepconvs[2]),
+            ("block14_sepconv2", &net.block14_sepconv2),
+        ];
+        for (layer, conv) in separable {
+            let [out, ..] = conv.pointwise.weight.dims();
+            let ratio = step(layer, "product").flops / step(layer, "depthwise").flops;
+            assert!((ratio - out as f64 / 9.0).abs() < 1e-9, "{layer}: {ratio} vs {out} / 9");
+        }
+
+        // One thread: the steps run one after the other inside the whole pass.
+        let inside: f64 = steps.iter().filter(|s| s.step != host_profile::WHOLE_PASS).map(|s| s.seconds).sum();
+        assert!(inside <= step("backbone", host_profile::WHOLE_PASS).seconds);
+    }
 }

@@ -60,6 +60,7 @@ mod host_isa;
 mod host_kernels;
 #[cfg(feature = "flex")]
 mod host_matmul;
+pub mod host_profile;
 #[cfg(feature = "flex")]
 mod host_training;
 #[cfg(feature = "flex")]

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use adcorre::backend::{cpu_device, AdCorreBackend, Cpu};
+use adcorre::backend::{cpu_device, host_profile, AdCorreBackend, Cpu};
 use adcorre::data::npy::read_npy_f32;
 use adcorre::infer::preprocess::nhwc_to_tensor;
 use adcorre::infer::{Recognition, TestModels};
@@ -98,6 +98,12 @@ struct BenchArgs {
     /// Time training steps (forward, Ad-Corre loss, backward, Adam) instead of inference.
     #[arg(long)]
     train: bool,
+    /// Then time each step of the host inference pass (flex) over as many more runs and print
+    /// them layer by layer (ms per run, GFLOP/s), with totals per kind of step. For wall times
+    /// of each step run one thread (RAYON_NUM_THREADS=1): at batches of at least one image per
+    /// thread each thread's pass adds its own times.
+    #[arg(long, conflicts_with = "train")]
+    profile: bool,
     /// Embedding heads k of the untrained network (the PyTorch peer script uses 10).
     #[arg(long, default_value_t = 7)]
     heads: usize,
@@ -780,6 +786,7 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
     // The outermost type's name without its path or parameters: "Flex", "NdArray", "Fusion".
     let backend = std::any::type_name::<B>().split('<').next().and_then(|path| path.rsplit("::").next()).unwrap_or("backend");
     let backend = args.backend.as_deref().unwrap_or(backend).to_string();
+    let mut profile = None;
     let (median, cores) = if args.train {
         let labels: Vec<usize> = (0..batch).map(|i| i % card.network.num_classes).collect();
         let channels = card.network.backbone.in_channels;
@@ -804,11 +811,16 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
         let net = if args.no_fold { net } else { net.fold_batch_norm() };
         let images = Tensor::<B, 4>::random([batch, card.network.backbone.in_channels, size, size], Distribution::Uniform(0.0, 1.0), &device);
         net.check_input(images.dims())?;
-        median_seconds(args.iters, || {
+        let mut run = || {
             let output = net.forward_test_time(images.clone(), card.test_time_views());
             let _ = output.logits.into_data();
             Ok(())
-        })?
+        };
+        let timings = median_seconds(args.iters, &mut run)?;
+        if args.profile {
+            profile = Some(profile_host_pass(args.iters.max(1), run)?);
+        }
+        timings
     };
     let views = card.test_time_views();
     let mode = match (args.train, views.flip, views.crop.is_some()) {
@@ -829,6 +841,7 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
                 "heads": card.network.num_heads, "batch": batch, "size": size, "iters": args.iters,
                 "median_s": median, "ms_per_image": median * 1e3 / batch as f64,
                 "images_per_s": batch as f64 / median, "cpu_per_wall": cores,
+                "profile": profile.as_ref().map(|(steps, runs)| profile_json(steps, *runs)),
             })
         );
     } else {
@@ -840,8 +853,79 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
             args.iters,
             cores.map(|c| format!(", {c:.2} cores busy")).unwrap_or_default()
         );
+        if let Some((steps, runs)) = &profile {
+            print_profile(steps, *runs);
+        }
     }
     Ok(())
+}
+
+/// One step of the host pass as `bench --profile` reports it.
+type ProfiledStep = host_profile::StepTime;
+
+/// The steps of the host pass over `runs` runs of `run` (`bench --profile`).
+fn profile_host_pass(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<(Vec<ProfiledStep>, usize)> {
+    host_profile::start();
+    let ran = (0..runs).try_for_each(|_| run());
+    let steps = host_profile::stop();
+    ran?;
+    if steps.is_empty() {
+        return Err(AdCorreError::Config(
+            "--profile: no host pass ran (it runs on flex, for inference with folded batch norms and adcorre's operations on)".into(),
+        ));
+    }
+    Ok((steps, runs))
+}
+
+/// A profiled step's milliseconds per run and GFLOP/s.
+fn step_rates(step: &ProfiledStep, runs: usize) -> (f64, Option<f64>) {
+    let gflops = (step.flops > 0.0 && step.seconds > 0.0).then(|| step.flops / step.seconds / 1e9);
+    (step.seconds * 1e3 / runs as f64, gflops)
+}
+
+/// The steps' times summed by kind of step, in the order each kind first ran.
+fn profile_totals(steps: &[ProfiledStep]) -> Vec<ProfiledStep> {
+    let mut totals: Vec<ProfiledStep> = Vec::new();
+    for step in steps.iter().filter(|step| step.step != host_profile::WHOLE_PASS) {
+        match totals.iter_mut().find(|total| total.step == step.step) {
+            Some(total) => {
+                total.seconds += step.seconds;
+                total.flops += step.flops;
+                total.calls += step.calls;
+            }
+            None => totals.push(ProfiledStep { layer: "all".into(), ..step.clone() }),
+        }
+    }
+    totals
+}
+
+fn print_profile(steps: &[ProfiledStep], runs: usize) {
+    println!("host pass, {runs} runs: ms per run (summed over a run's calls), GFLOP/s");
+    let line = |step: &ProfiledStep| {
+        let (ms, gflops) = step_rates(step, runs);
+        let gflops = gflops.map(|g| format!("{g:8.1}")).unwrap_or_default();
+        println!("  {:<18} {:<10} {ms:8.3} {gflops}", step.layer, step.step);
+    };
+    let (passes, layers): (Vec<&ProfiledStep>, Vec<&ProfiledStep>) = steps.iter().partition(|step| step.step == host_profile::WHOLE_PASS);
+    layers.into_iter().for_each(line);
+    let totals = profile_totals(steps);
+    totals.iter().for_each(line);
+    println!("  {:<18} {:<10} {:8.3}", "all", "steps", totals.iter().map(|total| total.seconds).sum::<f64>() * 1e3 / runs as f64);
+    passes.into_iter().for_each(line);
+}
+
+fn profile_json(steps: &[ProfiledStep], runs: usize) -> serde_json::Value {
+    let entries = |steps: &[ProfiledStep]| -> Vec<serde_json::Value> {
+        steps
+            .iter()
+            .map(|step| {
+                let (ms, gflops) = step_rates(step, runs);
+                serde_json::json!({ "layer": step.layer, "step": step.step, "calls_per_run": step.calls as f64 / runs as f64,
+                    "ms_per_run": ms, "gflops": gflops })
+            })
+            .collect()
+    };
+    serde_json::json!({ "runs": runs, "steps": entries(steps), "totals": entries(&profile_totals(steps)) })
 }
 
 fn class_name(label: usize) -> String {
