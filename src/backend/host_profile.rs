@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+#[cfg(feature = "flex")]
 use std::time::Instant;
 
 /// One step of one layer: its wall time and arithmetic summed over the timed calls.
@@ -53,6 +54,7 @@ pub fn stop() -> Vec<StepTime> {
 
 /// Runs `run`, and while timing is on adds its wall time and `flops` to the step `step` of the
 /// layer named by `layer`.
+#[cfg(feature = "flex")]
 pub(crate) fn timed<R>(layer: impl FnOnce() -> String, step: &'static str, flops: f64, run: impl FnOnce() -> R) -> R {
     if !ENABLED.load(Ordering::Relaxed) {
         return run();

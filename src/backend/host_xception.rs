@@ -45,10 +45,11 @@ const IM2COL_CHUNK_FLOATS: usize = 1 << 20;
 /// `x` is f32 and every layer is in the form the pass handles (folded batch norms, Keras'
 /// kernel sizes and strides); `None` otherwise, for Burn's layers.
 pub(crate) fn folded_xception(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
-    timed(|| "backbone".to_string(), WHOLE_PASS, 0.0, || folded_xception_timed(net, x, pooled))
+    timed(|| "backbone".to_string(), WHOLE_PASS, 0.0, || backbone_pass(net, x, pooled))
 }
 
-fn folded_xception_timed(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
+/// [`folded_xception`] without its timing as a whole.
+fn backbone_pass(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> Option<FlexTensor> {
     let dims: [usize; 4] = x.shape().dims();
     // A permuted or sliced input (e.g. NHWC images seen as NCHW) is gathered once.
     let input = if values(x).is_some() { x.clone() } else { x.to_contiguous() };
@@ -62,23 +63,23 @@ fn folded_xception_timed(net: &Xception<Flex>, x: &FlexTensor, pooled: bool) -> 
     // smaller maps in its caches): on 2 cores batch 8 went from 53.3 to 50.6 ms per image and
     // batch 2 from 57.7 to 53.4 (medians of 9 and 5 interleaved rounds). Smaller batches split
     // every layer across the threads, whose helpers spin between the layers' parts (on the
-    // 2-core AVX2 machine, batch 1 in seven interleaved rounds: 85.7 -> 75.4 ms, sleeping
-    // workers woke too late for the short parts).
+    // 2-core AVX2 machine, batch 1, medians of seven and five interleaved rounds: 85.7 -> 67.5
+    // and 94.7 -> 84.4 ms; sleeping workers woke too late for the short parts).
     let threads = rayon::current_num_threads();
     let per_group = if n >= threads { n.div_ceil(threads) } else { n };
     let groups = n.div_ceil(per_group);
     let run_group = |group: usize| {
-            let images = group * per_group..((group + 1) * per_group).min(n);
-            let part = &input[images.start * c * h * w..images.end * c * h * w];
-            run(net, part, [images.len(), c, h, w], |map, shape, bias| {
-                timed(|| "head".to_string(), "finish", 0.0, || {
-                    if pooled {
-                        (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
-                    } else {
-                        (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
-                    }
-                })
+        let images = group * per_group..((group + 1) * per_group).min(n);
+        let part = &input[images.start * c * h * w..images.end * c * h * w];
+        run(net, part, [images.len(), c, h, w], |map, shape, bias| {
+            timed(|| "head".to_string(), "finish", 0.0, || {
+                if pooled {
+                    (mean_relu(map, shape, bias), [shape.n, shape.c, 1, 1])
+                } else {
+                    (to_nchw_relu(map, shape, bias), [shape.n, shape.c, shape.h, shape.w])
+                }
             })
+        })
     };
     let parts: Vec<Option<(Vec<f32>, [usize; 4])>> = if groups == 1 && threads > 1 {
         vec![with_spinning_helpers(|| run_group(0))]

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use adcorre::backend::{cpu_device, host_profile, AdCorreBackend, Cpu};
+use adcorre::backend::host_profile::{self, StepTime};
+use adcorre::backend::{cpu_device, AdCorreBackend, Cpu};
 use adcorre::data::npy::read_npy_f32;
 use adcorre::infer::preprocess::nhwc_to_tensor;
 use adcorre::infer::{Recognition, TestModels};
@@ -860,11 +861,8 @@ fn bench_on<B: AdCorreBackend>(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One step of the host pass as `bench --profile` reports it.
-type ProfiledStep = host_profile::StepTime;
-
 /// The steps of the host pass over `runs` runs of `run` (`bench --profile`).
-fn profile_host_pass(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<(Vec<ProfiledStep>, usize)> {
+fn profile_host_pass(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result<(Vec<StepTime>, usize)> {
     host_profile::start();
     let ran = (0..runs).try_for_each(|_| run());
     let steps = host_profile::stop();
@@ -878,14 +876,14 @@ fn profile_host_pass(runs: usize, mut run: impl FnMut() -> Result<()>) -> Result
 }
 
 /// A profiled step's milliseconds per run and GFLOP/s.
-fn step_rates(step: &ProfiledStep, runs: usize) -> (f64, Option<f64>) {
+fn step_rates(step: &StepTime, runs: usize) -> (f64, Option<f64>) {
     let gflops = (step.flops > 0.0 && step.seconds > 0.0).then(|| step.flops / step.seconds / 1e9);
     (step.seconds * 1e3 / runs as f64, gflops)
 }
 
 /// The steps' times summed by kind of step, in the order each kind first ran.
-fn profile_totals(steps: &[ProfiledStep]) -> Vec<ProfiledStep> {
-    let mut totals: Vec<ProfiledStep> = Vec::new();
+fn profile_totals(steps: &[StepTime]) -> Vec<StepTime> {
+    let mut totals: Vec<StepTime> = Vec::new();
     for step in steps.iter().filter(|step| step.step != host_profile::WHOLE_PASS) {
         match totals.iter_mut().find(|total| total.step == step.step) {
             Some(total) => {
@@ -893,20 +891,20 @@ fn profile_totals(steps: &[ProfiledStep]) -> Vec<ProfiledStep> {
                 total.flops += step.flops;
                 total.calls += step.calls;
             }
-            None => totals.push(ProfiledStep { layer: "all".into(), ..step.clone() }),
+            None => totals.push(StepTime { layer: "all".into(), ..step.clone() }),
         }
     }
     totals
 }
 
-fn print_profile(steps: &[ProfiledStep], runs: usize) {
+fn print_profile(steps: &[StepTime], runs: usize) {
     println!("host pass, {runs} runs: ms per run (summed over a run's calls), GFLOP/s");
-    let line = |step: &ProfiledStep| {
+    let line = |step: &StepTime| {
         let (ms, gflops) = step_rates(step, runs);
         let gflops = gflops.map(|g| format!("{g:8.1}")).unwrap_or_default();
         println!("  {:<18} {:<10} {ms:8.3} {gflops}", step.layer, step.step);
     };
-    let (passes, layers): (Vec<&ProfiledStep>, Vec<&ProfiledStep>) = steps.iter().partition(|step| step.step == host_profile::WHOLE_PASS);
+    let (passes, layers): (Vec<&StepTime>, Vec<&StepTime>) = steps.iter().partition(|step| step.step == host_profile::WHOLE_PASS);
     layers.into_iter().for_each(line);
     let totals = profile_totals(steps);
     totals.iter().for_each(line);
@@ -914,8 +912,8 @@ fn print_profile(steps: &[ProfiledStep], runs: usize) {
     passes.into_iter().for_each(line);
 }
 
-fn profile_json(steps: &[ProfiledStep], runs: usize) -> serde_json::Value {
-    let entries = |steps: &[ProfiledStep]| -> Vec<serde_json::Value> {
+fn profile_json(steps: &[StepTime], runs: usize) -> serde_json::Value {
+    let entries = |steps: &[StepTime]| -> Vec<serde_json::Value> {
         steps
             .iter()
             .map(|step| {
