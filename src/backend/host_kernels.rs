@@ -40,15 +40,12 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
     });
 }
 
-/// Shares of [`plane_shares`] per thread: more than one, so that a thread that starts late
-/// (woken from sleep) leaves its shares to the others instead of holding up the step.
-const SHARES_PER_THREAD: usize = 4;
-
-/// Runs `work(first, out_planes, planes)` on [`SHARES_PER_THREAD`] shares of whole planes per
-/// thread of the pool: `output`'s planes of `out_len` floats and the same planes of `input`,
-/// `in_len` floats each, from plane `first` on. Splitting per plane instead cost more than the
-/// work on small planes: on one thread of the AVX2 machine, 728 depthwise planes of 14x14 took
-/// 0.29-0.32 ms split per plane by rayon and 0.12-0.16 ms in one loop.
+/// Runs `work(first, out_planes, planes)` on one share of whole planes per thread of the pool:
+/// `output`'s planes of `out_len` floats and the same planes of `input`, `in_len` floats each,
+/// from plane `first` on. On one thread of the AVX2 machine, 728 depthwise planes of 14x14 took
+/// 0.29-0.32 ms split per plane by rayon and 0.12-0.16 ms in one loop; four shares per thread
+/// measured as slow as the split per plane (one thread, batch 1: depthwise 15.4 ms, one share
+/// 10.3, split per plane 14.3).
 pub(crate) fn plane_shares(
     output: &mut [f32],
     out_len: usize,
@@ -57,7 +54,7 @@ pub(crate) fn plane_shares(
     work: impl Fn(usize, &mut [f32], &[f32]) + Sync + Send,
 ) {
     let planes = output.len() / out_len.max(1);
-    let per_share = planes.div_ceil(SHARES_PER_THREAD * rayon::current_num_threads()).max(1);
+    let per_share = planes.div_ceil(rayon::current_num_threads()).max(1);
     output
         .par_chunks_mut(per_share * out_len.max(1))
         .zip(input.par_chunks(per_share * in_len.max(1)))
