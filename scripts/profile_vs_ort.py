@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Per-layer profile of adcorre's host inference pass beside ONNX Runtime's, on this CPU.
 
-Runs `adcorre bench --profile --json` (its steps: im2col, product, depthwise, subsample,
+Runs `adcorre bench --profile --json` (its steps: im2col, read, product, depthwise, subsample,
 max_pool, finish) and ONNX Runtime's own profiler (`enable_profiling`; each node's kernel time)
 on the same fixture at the same batch and thread count, maps ONNX Runtime's nodes onto the
 Keras layers, and prints per layer and per kind of step: ms per run for each side, ours / ONNX
@@ -107,8 +107,9 @@ def our_layers(binary, model, batch, threads, runs):
         if entry["step"] == "whole pass":
             whole_pass += entry["ms_per_run"]
             continue
-        # Ours splits the stem into im2col and product; ONNX Runtime's stem is one kernel.
-        step = "product" if entry["step"] == "im2col" else entry["step"]
+        # Ours splits the stem into im2col (or the read of a direct convolution's input) and
+        # product; ONNX Runtime's stem is one kernel.
+        step = "product" if entry["step"] in ("im2col", "read") else entry["step"]
         key = ("other", "other") if entry["layer"] == "head" else (entry["layer"], step)
         ms, flops = steps.get(key, (0.0, 0.0))
         steps[key] = (ms + entry["ms_per_run"], flops + (entry["gflops"] or 0.0) * entry["ms_per_run"] * 1e6)

@@ -15,7 +15,8 @@ pub struct StepTime {
     /// The Keras layer it belongs to: `block1_conv1`, `block4_sepconv2`, `block13_shortcut`,
     /// `block2_pool`, or `head` for the last map's ReLU and mean.
     pub layer: String,
-    /// What ran: `im2col`, `product` (a matrix product, with the bias filled or added before
+    /// What ran: `im2col`, `read` (a direct convolution's input with its bias and ReLU),
+    /// `product` (a matrix product, with the bias filled or added before
     /// it), `depthwise`, `subsample`, `max_pool`, `finish`, or [`WHOLE_PASS`].
     pub step: &'static str,
     /// Times it ran.

@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use super::host_matmul::{matmul, MatRef};
+use super::host_conv;
+use super::host_isa;
 use super::host_kernels::{depthwise_planes, max_pool_planes, plane_shares, InputRead};
 use super::host_profile::{timed, WHOLE_PASS};
 use super::Flex;
@@ -527,9 +529,11 @@ fn pointwise_product(x: &[f32], columns: usize, conv: &ConvWeights, output: &mut
 }
 
 /// A valid 3x3 convolution with `stride` of the planes of `input` (plane of channel `ci` and
-/// image `i` at `plane(ci, i)`, each `h x w`), read as `read` says: im2col in chunks of output
-/// rows, each multiplied into its columns of `output` (`[out, n * ho * wo]`, without the bias,
-/// which is left to the readers).
+/// image `i` at `plane(ci, i)`, each `h x w`), read as `read` says, into `output` (`[out, n * ho
+/// * wo]`, without the bias, which is left to the readers): at stride 1 on a CPU with FMA
+/// vectors, each image's planes are read into `columns` and convolved directly
+/// ([`host_conv::conv3x3_valid`]); otherwise im2col in chunks of output rows, each multiplied
+/// into its columns of `output`.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
     name: LayerName,
@@ -546,6 +550,27 @@ fn conv3x3(
     let [out_channels, in_channels, _, _] = conv.dims;
     let depth = in_channels * 9;
     let all_columns = out.columns();
+    let isa = host_isa::detected();
+    if stride == 1 && host_conv::available(isa) {
+        for image in 0..out.n {
+            let planes = slot(columns, in_channels * h * w + host_conv::INPUT_TAIL);
+            timed(|| layer_name(name), "read", 0.0, || {
+                let per_share = in_channels.div_ceil(rayon::current_num_threads());
+                planes[..in_channels * h * w].par_chunks_mut(per_share * h * w).enumerate().for_each(|(share, targets)| {
+                    for (ci, target) in (share * per_share..).zip(targets.chunks_mut(h * w)) {
+                        read.copy_run(ci, &input[plane(ci, image)..][..h * w], target);
+                    }
+                });
+                planes[in_channels * h * w..].fill(0.0);
+            });
+            let flops = 2.0 * (out_channels * depth * out.h * out.w) as f64;
+            timed(|| layer_name(name), "product", flops, || {
+                let output = &mut output[image * out.h * out.w..];
+                host_conv::conv3x3_valid(isa, planes, [in_channels, h, w], conv.weight(), out_channels, output, all_columns)
+            });
+        }
+        return;
+    }
     let rows_per_chunk = (IM2COL_CHUNK_FLOATS / (depth * out.w)).max(1);
     for image in 0..out.n {
         for first_row in (0..out.h).step_by(rows_per_chunk) {
@@ -655,7 +680,7 @@ mod tests {
         };
         let layers: &[(&str, &[&str])] = &[
             ("block1_conv1", &["im2col", "product"]),
-            ("block1_conv2", &["im2col", "product"]),
+            ("block1_conv2", if host_conv::available(host_isa::detected()) { &["read", "product"] } else { &["im2col", "product"] }),
             ("block2_shortcut", &["subsample", "product"]),
             ("block2_sepconv1", &["depthwise", "product"]),
             ("block2_pool", &["max_pool"]),

@@ -55,6 +55,8 @@ mod autodiff;
 mod flex;
 mod generic;
 #[cfg(feature = "flex")]
+mod host_conv;
+#[cfg(feature = "flex")]
 mod host_isa;
 #[cfg(feature = "flex")]
 mod host_kernels;
