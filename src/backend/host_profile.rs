@@ -16,7 +16,7 @@ pub struct StepTime {
     /// `block2_pool`, or `head` for the last map's ReLU and mean.
     pub layer: String,
     /// What ran: `im2col`, `read` (a direct convolution's input with its bias and ReLU),
-    /// `product` (a matrix product, with the bias filled or added before
+    /// `product` (a matrix product or direct convolution, with the bias filled or added before
     /// it), `depthwise`, `subsample`, `max_pool`, `finish`, or [`WHOLE_PASS`].
     pub step: &'static str,
     /// Times it ran.

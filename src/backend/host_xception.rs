@@ -530,8 +530,8 @@ fn pointwise_product(x: &[f32], columns: usize, conv: &ConvWeights, output: &mut
 
 /// A valid 3x3 convolution with `stride` of the planes of `input` (plane of channel `ci` and
 /// image `i` at `plane(ci, i)`, each `h x w`), read as `read` says, into `output` (`[out, n * ho
-/// * wo]`, without the bias, which is left to the readers): at stride 1 on a CPU with FMA
-/// vectors, each image's planes are read into `columns` and convolved directly
+/// * wo]`, without the bias, which is left to the readers): at stride 1 on a CPU with
+/// AVX-512, each image's planes are read into `columns` and convolved directly
 /// ([`host_conv::conv3x3_valid`]); otherwise im2col in chunks of output rows, each multiplied
 /// into its columns of `output`.
 #[allow(clippy::too_many_arguments)]
