@@ -1,8 +1,10 @@
-//! Direct valid 3x3 stride-1 convolution on host memory with AVX-512 FMA, for the stem's
-//! second convolution (32 -> 64 channels on 111x111 at 224x224 input), which as im2col and a
-//! `gemm` product wrote and re-read 13.7 MB of columns per image: on one core of the Intel
+//! Direct valid 3x3 convolution on host memory with AVX-512 FMA, for the stem's two
+//! convolutions. The second (32 -> 64 channels on 111x111 at 224x224 input), as im2col and a
+//! `gemm` product, wrote and re-read 13.7 MB of columns per image: on one core of the Intel
 //! AVX-512 machine the im2col took 1.7 ms and the product 4.1 ms, against 2.3 ms for ONNX
-//! Runtime's whole convolution; directly, 0.13 ms to read the input and 3.0-3.2 ms.
+//! Runtime's whole convolution; directly, 0.13 ms to read the input and 3.0-3.2 ms. The first
+//! (3 -> 32 channels, stride 2) reads its rows deinterleaved, even columns then odd ones, so
+//! its taps read consecutive floats too.
 //!
 //! Each call of the kernel sums, for up to 6 output channels and 4 vectors of one output row,
 //! the 9 x `in_channels` products in registers and writes them once; the inputs are read at
@@ -33,19 +35,23 @@ pub(crate) fn available(isa: VectorIsa) -> bool {
 }
 
 /// `output[o, y * wo + x] = sum over c, ky, kx of weight[o, c * 9 + ky * 3 + kx] *
-/// input[c, (y + ky) * w + x + kx]`, for `wo = w - 2` and `ho = h - 2`, without a bias.
-/// `input` holds `in_channels` planes of `h x w` and at least [`INPUT_TAIL`] floats after them;
+/// x[c, stride * y + ky, stride * x + kx]`, for `wo = (w - 3) / stride + 1` and `ho` alike,
+/// without a bias, at `stride` 1 or 2. `input` holds `in_channels` planes of `h x w` and at
+/// least [`INPUT_TAIL`] floats after them: at stride 1 the rows of `x` as they are, at stride 2
+/// each row's even columns and then its odd ones (so every tap reads consecutive floats).
 /// `weight` is `[out_channels, in_channels * 9]`; output channel `o` starts at
 /// `output[o * out_stride]`. Rows are split into one band per thread, so each output is summed
 /// in the same order whatever the thread count.
 ///
 /// # Panics
-/// If `isa` is not [`available`], or a slice is too short for these extents.
+/// If `isa` is not [`available`], `stride` is not 1 or 2, or a slice is too short for these
+/// extents.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn conv3x3_valid(
     isa: VectorIsa,
     input: &[f32],
     [in_channels, h, w]: [usize; 3],
+    stride: usize,
     weight: &[f32],
     out_channels: usize,
     output: &mut [f32],
@@ -53,7 +59,11 @@ pub(crate) fn conv3x3_valid(
 ) {
     assert!(available(isa), "conv3x3_valid: no kernel for {isa:?} on this CPU");
     assert!(h >= 3 && w >= 3, "conv3x3_valid: planes under 3x3");
-    let (ho, wo) = (h - 2, w - 2);
+    assert!(stride == 1 || stride == 2, "conv3x3_valid: stride {stride}");
+    let (ho, wo) = ((h - 3) / stride + 1, (w - 3) / stride + 1);
+    // Where tap (ky, kx) of output column 0 lies from its row's first input.
+    let column = if stride == 1 { [0, 1, 2] } else { [0, w.div_ceil(2), 1] };
+    let taps: [usize; 9] = std::array::from_fn(|tap| tap / 3 * w + column[tap % 3]);
     assert!(input.len() >= in_channels * h * w + INPUT_TAIL, "conv3x3_valid: input too short");
     assert!(weight.len() >= out_channels * in_channels * 9, "conv3x3_valid: weight too short");
     if out_channels == 0 {
@@ -64,12 +74,13 @@ pub(crate) fn conv3x3_valid(
     let band = ho.div_ceil(rayon::current_num_threads()).max(1);
     (0..ho.div_ceil(band)).into_par_iter().for_each(|part| {
         let rows = part * band..((part + 1) * band).min(ho);
-        let geometry = Geometry { plane: h * w, w, in_channels, weight_stride: in_channels * 9, out_stride };
+        let geometry = Geometry { plane: h * w, taps, in_channels, weight_stride: in_channels * 9, out_stride };
         for y in rows {
-            // SAFETY: the asserts above bound every read (the last row's vectors read at most
-            // `w + 2 + lanes` floats past its start, inside the tail) and every write (row `y`
-            // of each channel, `wo` floats); the bands write disjoint rows.
-            unsafe { output_row(input.as_ptr().add(y * w), weight.as_ptr(), out.at(y * wo), out_channels, wo, geometry) };
+            // SAFETY: the asserts above bound every read (a vector of the last output row reads
+            // at most `4 * 16 - 1` floats past the end of the last input row it uses, inside the
+            // tail) and every write (row `y` of each channel, `wo` floats); the bands write
+            // disjoint rows.
+            unsafe { output_row(input.as_ptr().add(stride * y * w), weight.as_ptr(), out.at(y * wo), out_channels, wo, geometry) };
         }
     });
 }
@@ -78,7 +89,8 @@ pub(crate) fn conv3x3_valid(
 #[derive(Clone, Copy)]
 struct Geometry {
     plane: usize,
-    w: usize,
+    /// Offsets of the nine taps from an output row's first input.
+    taps: [usize; 9],
     in_channels: usize,
     weight_stride: usize,
     out_stride: usize,
@@ -159,7 +171,7 @@ mod avx512 {
                     let tap = c * 9 + ky * 3 + kx;
                     // SAFETY: the caller's bounds.
                     unsafe {
-                        let source = input.add(c * g.plane + ky * g.w + kx);
+                        let source = input.add(c * g.plane + g.taps[ky * 3 + kx]);
                         let weights: [__m512; OC] = std::array::from_fn(|o| _mm512_set1_ps(*weight.add(o * g.weight_stride + tap)));
                         for v in 0..NV {
                             let x = _mm512_loadu_ps(source.add(v * LANES));
@@ -193,37 +205,45 @@ mod tests {
     use super::*;
     use crate::backend::host_isa;
 
-    /// The kernel matches the plain sum (within rounding: FMA rounds once per product) on sizes
-    /// that exercise partial vectors, partial channel blocks and rows shorter than a vector,
-    /// with one and several threads; without AVX-512 it refuses to run.
+    /// The kernel matches the plain sum (within rounding: FMA rounds once per product) at
+    /// strides 1 and 2 (rows deinterleaved), on sizes that exercise partial vectors, partial
+    /// channel blocks, odd and even widths and rows shorter than a vector, with one and several
+    /// threads; without AVX-512 it refuses to run.
     #[test]
     fn direct_convolution_matches_the_plain_sum() {
         let isa = host_isa::detected();
         if !available(isa) {
-            let refused = std::panic::catch_unwind(|| conv3x3_valid(isa, &[0.0; 9 + INPUT_TAIL], [1, 3, 3], &[0.0; 9], 1, &mut [0.0], 1));
+            let refused = std::panic::catch_unwind(|| conv3x3_valid(isa, &[0.0; 9 + INPUT_TAIL], [1, 3, 3], 1, &[0.0; 9], 1, &mut [0.0], 1));
             assert!(refused.is_err(), "{isa:?} has no kernel");
             return;
         }
-        for [in_channels, h, w, out_channels] in [[3, 9, 12, 5], [32, 13, 111, 64], [2, 3, 3, 1], [5, 20, 70, 7], [4, 6, 40, 3]] {
+        let cases = [[3, 9, 12, 5, 1], [32, 13, 111, 64, 1], [2, 3, 3, 1, 1], [5, 20, 70, 7, 1], [4, 6, 40, 3, 1], [3, 13, 224, 32, 2], [3, 9, 15, 7, 2], [2, 4, 3, 1, 2], [4, 7, 140, 5, 2]];
+        for [in_channels, h, w, out_channels, stride] in cases {
             let plane = h * w;
-            let mut input: Vec<f32> = (0..in_channels * plane).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();
+            let x: Vec<f32> = (0..in_channels * plane).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();
+            let mut input: Vec<f32> = if stride == 1 {
+                x.clone()
+            } else {
+                x.chunks(w).flat_map(|row| row.iter().step_by(2).chain(row.iter().skip(1).step_by(2))).copied().collect()
+            };
             input.extend([0.0; INPUT_TAIL]);
             let weight: Vec<f32> = (0..out_channels * in_channels * 9).map(|i| ((i * 104729 % 997) as f32 - 498.0) / 311.0).collect();
-            let (ho, wo) = (h - 2, w - 2);
+            let (ho, wo) = ((h - 3) / stride + 1, (w - 3) / stride + 1);
             let out_stride = ho * wo + 5;
             let mut expected = vec![0.0f64; out_channels * ho * wo];
             for o in 0..out_channels {
                 for y in 0..ho {
-                    for x in 0..wo {
+                    for col in 0..wo {
                         let mut sum = 0.0f64;
                         for c in 0..in_channels {
                             for ky in 0..3 {
                                 for kx in 0..3 {
-                                    sum += weight[o * in_channels * 9 + c * 9 + ky * 3 + kx] as f64 * input[c * plane + (y + ky) * w + x + kx] as f64;
+                                    let value = x[c * plane + (stride * y + ky) * w + stride * col + kx];
+                                    sum += weight[o * in_channels * 9 + c * 9 + ky * 3 + kx] as f64 * value as f64;
                                 }
                             }
                         }
-                        expected[(o * ho + y) * wo + x] = sum;
+                        expected[(o * ho + y) * wo + col] = sum;
                     }
                 }
             }
@@ -231,11 +251,11 @@ mod tests {
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
                 let mut output = vec![f32::NAN; out_channels * out_stride];
-                pool.install(|| conv3x3_valid(isa, &input, [in_channels, h, w], &weight, out_channels, &mut output, out_stride));
+                pool.install(|| conv3x3_valid(isa, &input, [in_channels, h, w], stride, &weight, out_channels, &mut output, out_stride));
                 for o in 0..out_channels {
                     for i in 0..ho * wo {
                         let (got, want) = (output[o * out_stride + i], expected[o * ho * wo + i]);
-                        assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{threads} threads {:?} o {o} i {i}: {got} vs {want}", [in_channels, h, w]);
+                        assert!((got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()), "{threads} threads {:?} stride {stride} o {o} i {i}: {got} vs {want}", [in_channels, h, w]);
                     }
                     assert!(output[o * out_stride + ho * wo..][..5.min(out_stride - ho * wo)].iter().all(|v| v.is_nan()), "wrote past the plane");
                 }

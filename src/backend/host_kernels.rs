@@ -9,7 +9,8 @@
 use rayon::prelude::*;
 
 use super::generic::same_pool_padding;
-use super::host_isa;
+use super::host_isa::{self, VectorIsa};
+use super::host_simd::{with_vectors, Vector, VectorKernel};
 
 /// 3x3 max pooling, stride 2, TensorFlow "same" padding (padded cells never win), on NCHW
 /// data of shape `dims`: returns `[n, c, ceil(h/2), ceil(w/2)]`.
@@ -33,7 +34,7 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
     }
     let isa = host_isa::detected();
     plane_shares(output, ho * wo, input, h * w, |_, out_planes, planes| {
-        let mut window_row = vec![f32::NEG_INFINITY; 2 * wo + 1];
+        let mut window_row = vec![f32::NEG_INFINITY; window_row_len(wo)];
         for (out_plane, plane) in out_planes.chunks_mut(ho * wo).zip(planes.chunks(h * w)) {
             max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, &mut window_row);
         }
@@ -62,11 +63,87 @@ pub(crate) fn plane_shares(
         .for_each(|(share, (out_planes, planes))| work(share * per_share, out_planes, planes));
 }
 
+/// Floats of [`max_pool_plane`]'s `window_row` for output rows of `wo`: the `2 * wo + 1`
+/// padded positions and what the vector kernel's last loads read past them.
+fn window_row_len(wo: usize) -> usize {
+    2 * wo + 32
+}
+
+/// One plane of [`max_pool_planes`]. `window_row` holds [`window_row_len`] floats, -inf outside
+/// `left..left + w`: per output row it receives the column maxima of the (up to) three input
+/// rows at the padded positions, so every output is the maximum of three neighbours.
+fn max_pool_plane(
+    isa: VectorIsa,
+    plane: &[f32],
+    out_plane: &mut [f32],
+    hw: [usize; 2],
+    padding: [usize; 2],
+    accumulate: bool,
+    window_row: &mut [f32],
+) {
+    let kernel = MaxPoolPlane { plane, out_plane, hw, padding, accumulate, window_row };
+    if let Err(MaxPoolPlane { plane, out_plane, window_row, .. }) = with_vectors(isa, kernel) {
+        max_pool_plane_loop(isa, plane, out_plane, hw, padding, accumulate, window_row);
+    }
+}
+
+/// [`max_pool_plane`] on explicit vectors: the column maxima as masked vectors (the middle
+/// flow's rows of 14 are one), and each output vector the maximum of the even, odd and next
+/// even positions of the window row, gathered from two pairs of vectors.
+struct MaxPoolPlane<'a> {
+    plane: &'a [f32],
+    out_plane: &'a mut [f32],
+    hw: [usize; 2],
+    padding: [usize; 2],
+    accumulate: bool,
+    window_row: &'a mut [f32],
+}
+
+impl VectorKernel for MaxPoolPlane<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Vector>(self) {
+        let ([h, w], [top, left]) = (self.hw, self.padding);
+        let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
+        assert!(self.plane.len() >= h * w && self.out_plane.len() >= ho * wo, "max_pool_plane: plane too short");
+        assert!(left + w <= 2 * wo + 1 && self.window_row.len() >= 2 * wo + 2 * V::LANES, "max_pool_plane: window row too short");
+        let (source, out, window_row) = (self.plane.as_ptr(), self.out_plane.as_mut_ptr(), self.window_row.as_mut_ptr());
+        // SAFETY: (all blocks below) the CPU has `V`'s instruction set (the caller's promise);
+        // plane and output accesses take `count` floats inside a row; the window row's stores
+        // stay inside `left..left + w` and its loads below `2 * (wo - 1) + 2 * LANES + 2`.
+        unsafe {
+            for oh in 0..ho {
+                let first = (2 * oh).saturating_sub(top);
+                let last = (2 * oh + 3 - top).min(h);
+                for x in (0..w).step_by(V::LANES) {
+                    let count = V::LANES.min(w - x);
+                    let mut max = V::load_first(source.add(first * w + x), count);
+                    for row in first + 1..last {
+                        max = max.max(V::load_first(source.add(row * w + x), count));
+                    }
+                    max.store_first(window_row.add(left + x), count);
+                }
+                for x in (0..wo).step_by(V::LANES) {
+                    let count = V::LANES.min(wo - x);
+                    let at = window_row.add(2 * x) as *const f32;
+                    let (pairs, next_pairs) = (V::load(at), V::load(at.add(V::LANES)));
+                    let (thirds, next_thirds) = (V::load(at.add(2)), V::load(at.add(V::LANES + 2)));
+                    let mut max = pairs.evens(next_pairs).max(pairs.odds(next_pairs)).max(thirds.evens(next_thirds));
+                    let target = out.add(oh * wo + x);
+                    if self.accumulate {
+                        max = V::load_first(target, count).add(max);
+                    }
+                    max.store_first(target, count);
+                }
+            }
+        }
+    }
+}
+
 host_isa::isa_kernel! {
-    /// One plane of [`max_pool_planes`]. `window_row` holds `2 * wo + 1` floats, -inf outside
-    /// `left..left + w`: per output row it receives the column maxima of the (up to) three input
-    /// rows at the padded positions, so every output is the maximum of three neighbours.
-    fn max_pool_plane(
+    /// [`max_pool_plane`] by LLVM's vectorised loops.
+    fn max_pool_plane_loop(
         plane: &[f32],
         out_plane: &mut [f32],
         hw: [usize; 2],
@@ -168,22 +245,143 @@ pub(crate) fn depthwise_planes(
     }
     let isa = host_isa::detected();
     plane_shares(output, h * w, input, h * w, |first, out_planes, planes| {
-        let mut copies = vec![0.0f32; 3 * (h * w + 2 * (w + 1))];
+        let mut scratch = DepthwiseScratch::new(isa, [h, w]);
         for (plane_index, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(h * w).zip(planes.chunks(h * w))) {
             let channel = channel_of(plane_index);
             let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
             let b = bias.map(|bias| bias[channel]);
-            depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, &mut copies);
+            depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, &mut scratch);
         }
     });
 }
 
+/// Scratch for [`depthwise_plane`], made for one instruction set and plane size.
+pub(crate) struct DepthwiseScratch {
+    /// The AVX-512 kernel's plane with `w + 1` zeros before and `w + 17` after; the loops'
+    /// three shifted copies.
+    values: Vec<f32>,
+    /// Per vector of a plane (as one run), the lanes whose left and right neighbours are in the
+    /// same row (bit `l` for lane `l`).
+    same_row: Vec<[u32; 2]>,
+}
+
+impl DepthwiseScratch {
+    /// Zeroed scratch for planes of `h x w` on `isa`.
+    fn new(isa: VectorIsa, [h, w]: [usize; 2]) -> Self {
+        if isa != VectorIsa::Avx512 {
+            return Self { values: vec![0.0; 3 * (h * w + 2 * (w + 1))], same_row: Vec::new() };
+        }
+        const LANES: usize = 16;
+        let mut same_row = Vec::with_capacity((h * w).div_ceil(LANES));
+        // The column of each vector's first lane; the lanes at column 0 and at column `w - 1`
+        // lose their left and right neighbours.
+        let mut column = 0;
+        for _ in (0..h * w).step_by(LANES) {
+            let mut masks = [u32::MAX >> (32 - LANES); 2];
+            for (mask, first_lane) in masks.iter_mut().zip([(w - column) % w, w - 1 - column]) {
+                for lane in (first_lane..LANES).step_by(w) {
+                    *mask &= !(1 << lane);
+                }
+            }
+            same_row.push(masks);
+            column = (column + LANES) % w;
+        }
+        Self { values: vec![0.0; h * w + 2 * (w + 1) + LANES], same_row }
+    }
+}
+
+/// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`, in
+/// `scratch` made for this `isa` and plane size (and then left as the previous plane left it).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane(
+    isa: VectorIsa,
+    plane: &[f32],
+    out_plane: &mut [f32],
+    hw: [usize; 2],
+    k: [f32; 9],
+    b: Option<f32>,
+    read: InputRead,
+    channel: usize,
+    scratch: &mut DepthwiseScratch,
+) {
+    let kernel = DepthwisePlane { plane, out_plane, hw, k, b, read, channel, scratch };
+    if let Err(DepthwisePlane { plane, out_plane, scratch, .. }) = with_vectors(isa, kernel) {
+        depthwise_plane_shifted(isa, plane, out_plane, hw, k, b, read, channel, &mut scratch.values);
+    }
+}
+
+/// [`depthwise_plane`] on explicit vectors, the plane taken as one run of `h * w` floats. It
+/// is read once (as `read` says) between `w + 1` zeros before and after, so tap `(dy, dx)` of
+/// output `p` is at `p + (dy - 1) * w + dx - 1` of that run: zero above and below the plane.
+/// The taps left and right of a row's ends would read the neighbouring row's ends instead, so
+/// those products are masked to zero (the `same_row` masks), which is what the zero padding's
+/// products add. Burn's order of additions; the last vector's lanes past the plane are not
+/// stored. (Against LLVM's loop over three shifted copies: no copies, no scalar tail.)
+struct DepthwisePlane<'a> {
+    plane: &'a [f32],
+    out_plane: &'a mut [f32],
+    hw: [usize; 2],
+    k: [f32; 9],
+    b: Option<f32>,
+    read: InputRead<'a>,
+    channel: usize,
+    scratch: &'a mut DepthwiseScratch,
+}
+
+impl VectorKernel for DepthwisePlane<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    unsafe fn run<V: Vector>(self) {
+        let [h, w] = self.hw;
+        let (len, margin) = (h * w, w + 1);
+        assert!(self.plane.len() >= len && self.out_plane.len() >= len, "depthwise_plane: plane too short");
+        let DepthwiseScratch { values, same_row } = self.scratch;
+        assert!(values.len() >= len + 2 * margin + V::LANES && same_row.len() >= len.div_ceil(V::LANES), "depthwise_plane: scratch too short");
+        let (source, out) = (self.plane.as_ptr(), self.out_plane.as_mut_ptr());
+        let bias = self.read.bias.map(|bias| bias[self.channel]);
+        // SAFETY: (all blocks below) the CPU has `V`'s instruction set (the caller's promise);
+        // the plane and the output are accessed in `count` floats inside `len`; the run's
+        // loads stay between its start (`p = 0`, tap (0, 0)) and `len + 2 * margin + LANES - 1`
+        // (the last vector's tap (2, 2)), inside `values`.
+        unsafe {
+            let centre = values.as_mut_ptr().add(margin);
+            for p in (0..len).step_by(V::LANES) {
+                let count = V::LANES.min(len - p);
+                let mut value = V::load_first(source.add(p), count);
+                if let Some(bias) = bias {
+                    value = value.add(V::splat(bias));
+                }
+                if self.read.relu {
+                    value = value.relu();
+                }
+                value.store_first(centre.add(p), count);
+            }
+            let k: [V; 9] = std::array::from_fn(|i| V::splat(self.k[i]));
+            let b = self.b.map(|b| V::splat(b));
+            let centre = centre as *const f32;
+            for (&[left, right], p) in same_row.iter().zip((0..len).step_by(V::LANES)) {
+                let mut sum = V::splat(0.0);
+                for dy in 0..3 {
+                    let row = centre.add(p + dy * w).sub(w);
+                    sum = sum.add(k[dy * 3].mul_where(V::load(row.sub(1)), left));
+                    sum = sum.add(k[dy * 3 + 1].mul(V::load(row)));
+                    sum = sum.add(k[dy * 3 + 2].mul_where(V::load(row.add(1)), right));
+                }
+                if let Some(b) = b {
+                    sum = sum.add(b);
+                }
+                sum.store_first(out.add(p), V::LANES.min(len - p));
+            }
+        }
+    }
+}
+
 host_isa::isa_kernel! {
-    /// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`;
-    /// `copies` holds three runs of `h * w + 2 * (w + 1)` floats whose first and last `w + 1`
-    /// are zero (and stay so).
+    /// [`depthwise_plane`] by LLVM's vectorised loops: `copies` holds three runs of
+    /// `h * w + 2 * (w + 1)` floats whose first and last `w + 1` are zero (and stay so).
     #[allow(clippy::too_many_arguments)]
-    fn depthwise_plane(
+    fn depthwise_plane_shifted(
         plane: &[f32],
         out_plane: &mut [f32],
         hw: [usize; 2],
@@ -256,15 +454,16 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// The three shifted copies give the zero-padded sum's bits on every instruction set, for
-    /// planes down to one pixel wide or high, reused buffers included.
+    /// Both kernels (AVX-512's masked run, the loops' three shifted copies) give the
+    /// zero-padded sum's bits on every instruction set, for planes down to one pixel wide or
+    /// high, reused buffers included.
     #[test]
     fn depthwise_plane_gives_the_padded_sums_bits_on_every_instruction_set() {
         let k: [f32; 9] = std::array::from_fn(|i| (i as f32 - 3.7) / 5.0);
         let bias = [0.25f32];
         for [h, w] in [[1, 1], [1, 6], [6, 1], [2, 3], [7, 7], [14, 14], [5, 17]] {
             for isa in supported() {
-                let mut copies = vec![0.0f32; 3 * (h * w + 2 * (w + 1))];
+                let mut scratch = DepthwiseScratch::new(isa, [h, w]);
                 for (seed, (b, read)) in [
                     (None, InputRead::default()),
                     (Some(-0.5), InputRead { bias: None, relu: true }),
@@ -276,7 +475,7 @@ mod tests {
                 {
                     let plane = values(h * w, seed);
                     let mut out = vec![f32::NAN; h * w];
-                    depthwise_plane(isa, &plane, &mut out, [h, w], k, b, read, 0, &mut copies);
+                    depthwise_plane(isa, &plane, &mut out, [h, w], k, b, read, 0, &mut scratch);
                     assert_eq!(bits(&out), bits(&padded_sum(&plane, [h, w], k, b, read)), "{isa:?} {h}x{w} case {seed}");
                 }
             }
@@ -284,11 +483,15 @@ mod tests {
     }
 
     /// Max pooling gives the same bits on every instruction set, and the maximum of each
-    /// (clipped) 3x3 window.
+    /// (clipped) 3x3 window as `f32::max` takes it (a NaN loses to a number), written or added,
+    /// on rows shorter and longer than a vector.
     #[test]
     fn max_pool_plane_is_the_window_maximum_on_every_instruction_set() {
-        for [h, w] in [[1, 1], [2, 5], [7, 7], [14, 13]] {
-            let plane = values(h * w, h + w);
+        for ([h, w], nan) in [([1, 1], false), ([2, 5], true), ([7, 7], false), ([14, 13], true), ([5, 40], true), ([3, 109], false)] {
+            let mut plane = values(h * w, h + w);
+            if nan {
+                plane[w + 1] = f32::NAN;
+            }
             let dims = [1, 1, h, w];
             let (top, _) = same_pool_padding(h);
             let (left, _) = same_pool_padding(w);
@@ -305,9 +508,12 @@ mod tests {
             let expected: Vec<f32> = (0..ho * wo).map(|i| window_max(i / wo, i % wo)).collect();
             for isa in supported() {
                 let mut out = vec![0.0f32; ho * wo];
-                let mut window_row = vec![f32::NEG_INFINITY; 2 * wo + 1];
+                let mut window_row = vec![f32::NEG_INFINITY; window_row_len(wo)];
                 max_pool_plane(isa, &plane, &mut out, [h, w], [top, left], false, &mut window_row);
                 assert_eq!(bits(&out), bits(&expected), "{isa:?} {h}x{w}");
+                let mut sums = vec![0.5f32; ho * wo];
+                max_pool_plane(isa, &plane, &mut sums, [h, w], [top, left], true, &mut window_row);
+                assert_eq!(bits(&sums), bits(&expected.iter().map(|max| 0.5 + max).collect::<Vec<f32>>()), "{isa:?} {h}x{w} added");
             }
             assert_eq!(max_pool_3x3_stride2_same(&plane, dims).0, expected);
         }

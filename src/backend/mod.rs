@@ -64,6 +64,8 @@ mod host_kernels;
 mod host_matmul;
 pub mod host_profile;
 #[cfg(feature = "flex")]
+mod host_simd;
+#[cfg(feature = "flex")]
 mod host_training;
 #[cfg(feature = "flex")]
 pub mod host_xception;
