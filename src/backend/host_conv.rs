@@ -74,7 +74,7 @@ pub(crate) fn conv3x3_valid(
     let band = ho.div_ceil(rayon::current_num_threads()).max(1);
     (0..ho.div_ceil(band)).into_par_iter().for_each(|part| {
         let rows = part * band..((part + 1) * band).min(ho);
-        let geometry = Geometry { plane: h * w, taps, in_channels, weight_stride: in_channels * 9, out_stride };
+        let geometry = Geometry { plane: h * w, taps, in_channels, first_channel: 0, channels: in_channels, weight_stride: in_channels * 9, out_stride };
         for y in rows {
             // SAFETY: the asserts above bound every read (a vector of the last output row reads
             // at most `4 * 16 - 1` floats past the end of the last input row it uses, inside the
@@ -85,13 +85,24 @@ pub(crate) fn conv3x3_valid(
     });
 }
 
-/// Strides of one [`conv3x3_valid`] call.
+/// Input channels summed per pass over an output row: the stem's second convolution reads
+/// 32 channels by 3 rows of 111 floats (42.6 KB) per output row, which with the weights
+/// overflowed L1; in chunks of 16 the partial sums go through the output (stored and loaded
+/// back exactly, so the bits do not change).
+const INPUT_CHANNEL_CHUNK: usize = 16;
+
+/// Strides of one [`conv3x3_valid`] call, and the input channels of one pass.
 #[derive(Clone, Copy)]
 struct Geometry {
     plane: usize,
     /// Offsets of the nine taps from an output row's first input.
     taps: [usize; 9],
     in_channels: usize,
+    /// The first input channel of this pass: from 0 the sums start at zero, else at the
+    /// outputs' values.
+    first_channel: usize,
+    /// Input channels in this pass.
+    channels: usize,
     weight_stride: usize,
     out_stride: usize,
 }
@@ -105,23 +116,26 @@ struct Geometry {
 unsafe fn output_row(input: *const f32, weight: *const f32, out: *mut f32, out_channels: usize, wo: usize, g: Geometry) {
     const LANES: usize = 16;
     const CHANNELS: usize = 6;
-    let mut o = 0;
-    while o < out_channels {
-        let oc = CHANNELS.min(out_channels - o);
-        let mut x = 0;
-        while x < wo {
-            let len = (4 * LANES).min(wo - x);
-            // SAFETY: the caller's bounds, at channel `o` and column `x`.
-            unsafe {
-                let (input, weight, out) = (input.add(x), weight.add(o * g.weight_stride), out.add(o * g.out_stride + x));
-                #[cfg(target_arch = "x86_64")]
-                avx512::dispatch(oc, len.div_ceil(LANES), input, weight, out, len, g);
-                #[cfg(not(target_arch = "x86_64"))]
-                let _ = (input, weight, out);
+    for first_channel in (0..g.in_channels).step_by(INPUT_CHANNEL_CHUNK) {
+        let g = Geometry { first_channel, channels: INPUT_CHANNEL_CHUNK.min(g.in_channels - first_channel), ..g };
+        let mut o = 0;
+        while o < out_channels {
+            let oc = CHANNELS.min(out_channels - o);
+            let mut x = 0;
+            while x < wo {
+                let len = (4 * LANES).min(wo - x);
+                // SAFETY: the caller's bounds, at channel `o` and column `x`.
+                unsafe {
+                    let (input, weight, out) = (input.add(x), weight.add(o * g.weight_stride), out.add(o * g.out_stride + x));
+                    #[cfg(target_arch = "x86_64")]
+                    avx512::dispatch(oc, len.div_ceil(LANES), input, weight, out, len, g);
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (input, weight, out);
+                }
+                x += len;
             }
-            x += len;
+            o += oc;
         }
-        o += oc;
     }
 }
 
@@ -132,6 +146,16 @@ mod avx512 {
 
     /// Floats per vector.
     const LANES: usize = 16;
+
+    /// The first `count` lanes (all for 16 or more).
+    #[inline(always)]
+    fn mask(count: usize) -> __mmask16 {
+        if count >= LANES {
+            0xffff
+        } else {
+            ((1u32 << count) - 1) as __mmask16
+        }
+    }
 
     /// Runs [`block`] for `oc` channels (1 to 6) and `nv` vectors (1 to 4).
     ///
@@ -165,7 +189,16 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     unsafe fn block<const OC: usize, const NV: usize>(input: *const f32, weight: *const f32, out: *mut f32, len: usize, g: Geometry) {
         let mut sums = [[_mm512_setzero_ps(); NV]; OC];
-        for c in 0..g.in_channels {
+        if g.first_channel > 0 {
+            for (o, row) in sums.iter_mut().enumerate() {
+                for (v, sum) in row.iter_mut().enumerate() {
+                    let first = v * LANES;
+                    // SAFETY: the caller's bounds: `len` outputs from `out` in channel `o`.
+                    *sum = unsafe { _mm512_maskz_loadu_ps(mask(len - first), out.add(o * g.out_stride + first)) };
+                }
+            }
+        }
+        for c in g.first_channel..g.first_channel + g.channels {
             for ky in 0..3 {
                 for kx in 0..3 {
                     let tap = c * 9 + ky * 3 + kx;
@@ -189,11 +222,7 @@ mod avx512 {
                 // SAFETY: the caller's bounds: `len` outputs from `out` in channel `o`.
                 unsafe {
                     let target = out.add(o * g.out_stride + first);
-                    if first + LANES <= len {
-                        _mm512_storeu_ps(target, sum);
-                    } else {
-                        _mm512_mask_storeu_ps(target, ((1u32 << (len - first)) - 1) as __mmask16, sum);
-                    }
+                    _mm512_mask_storeu_ps(target, mask(len - first), sum);
                 }
             }
         }
@@ -217,7 +246,7 @@ mod tests {
             assert!(refused.is_err(), "{isa:?} has no kernel");
             return;
         }
-        let cases = [[3, 9, 12, 5, 1], [32, 13, 111, 64, 1], [2, 3, 3, 1, 1], [5, 20, 70, 7, 1], [4, 6, 40, 3, 1], [3, 13, 224, 32, 2], [3, 9, 15, 7, 2], [2, 4, 3, 1, 2], [4, 7, 140, 5, 2]];
+        let cases = [[3, 9, 12, 5, 1], [32, 13, 111, 64, 1], [20, 5, 30, 7, 1], [2, 3, 3, 1, 1], [5, 20, 70, 7, 1], [4, 6, 40, 3, 1], [3, 13, 224, 32, 2], [3, 9, 15, 7, 2], [2, 4, 3, 1, 2], [4, 7, 140, 5, 2]];
         for [in_channels, h, w, out_channels, stride] in cases {
             let plane = h * w;
             let x: Vec<f32> = (0..in_channels * plane).map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0).collect();

@@ -34,9 +34,9 @@ pub(crate) fn max_pool_planes(input: &[f32], output: &mut [f32], [h, w]: [usize;
     }
     let isa = host_isa::detected();
     plane_shares(output, ho * wo, input, h * w, |_, out_planes, planes| {
-        let mut window_row = vec![f32::NEG_INFINITY; window_row_len(wo)];
+        let mut window_rows = vec![f32::NEG_INFINITY; window_rows_len(ho, wo)];
         for (out_plane, plane) in out_planes.chunks_mut(ho * wo).zip(planes.chunks(h * w)) {
-            max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, &mut window_row);
+            max_pool_plane(isa, plane, out_plane, [h, w], [top, left], accumulate, &mut window_rows);
         }
     });
 }
@@ -63,15 +63,25 @@ pub(crate) fn plane_shares(
         .for_each(|(share, (out_planes, planes))| work(share * per_share, out_planes, planes));
 }
 
-/// Floats of [`max_pool_plane`]'s `window_row` for output rows of `wo`: the `2 * wo + 1`
+/// Floats of one of [`max_pool_plane`]'s window rows for output rows of `wo`: the `2 * wo + 1`
 /// padded positions and what the vector kernel's last loads read past them.
 fn window_row_len(wo: usize) -> usize {
     2 * wo + 32
 }
 
-/// One plane of [`max_pool_planes`]. `window_row` holds [`window_row_len`] floats, -inf outside
-/// `left..left + w`: per output row it receives the column maxima of the (up to) three input
-/// rows at the padded positions, so every output is the maximum of three neighbours.
+/// Output rows whose window rows [`max_pool_plane`]'s vector kernel fills before reading them.
+const WINDOW_ROWS: usize = 8;
+
+/// Floats of [`max_pool_plane`]'s `window_rows` for `ho x wo` outputs: a window row for each
+/// of up to [`WINDOW_ROWS`] output rows.
+fn window_rows_len(ho: usize, wo: usize) -> usize {
+    ho.clamp(1, WINDOW_ROWS) * window_row_len(wo)
+}
+
+/// One plane of [`max_pool_planes`]. `window_rows` holds [`window_rows_len`] floats, -inf
+/// outside `left..left + w` of each window row: an output row's window row receives the column
+/// maxima of the (up to) three input rows at the padded positions, so every output is the
+/// maximum of three neighbours. (The loops use the first window row for every output row.)
 fn max_pool_plane(
     isa: VectorIsa,
     plane: &[f32],
@@ -79,24 +89,29 @@ fn max_pool_plane(
     hw: [usize; 2],
     padding: [usize; 2],
     accumulate: bool,
-    window_row: &mut [f32],
+    window_rows: &mut [f32],
 ) {
-    let kernel = MaxPoolPlane { plane, out_plane, hw, padding, accumulate, window_row };
-    if let Err(MaxPoolPlane { plane, out_plane, window_row, .. }) = with_vectors(isa, kernel) {
-        max_pool_plane_loop(isa, plane, out_plane, hw, padding, accumulate, window_row);
+    let kernel = MaxPoolPlane { plane, out_plane, hw, padding, accumulate, window_rows };
+    if let Err(MaxPoolPlane { plane, out_plane, window_rows, .. }) = with_vectors(isa, kernel) {
+        max_pool_plane_loop(isa, plane, out_plane, hw, padding, accumulate, window_rows);
     }
 }
 
 /// [`max_pool_plane`] on explicit vectors: the column maxima as masked vectors (the middle
 /// flow's rows of 14 are one), and each output vector the maximum of the even, odd and next
-/// even positions of the window row, gathered from two pairs of vectors.
+/// even positions of the window row, gathered from two pairs of vectors. The window rows of
+/// [`WINDOW_ROWS`] output rows are written before any is read, so their loads mostly find the
+/// stores done instead of waiting on store forwarding, which fails for loads that straddle
+/// stores. (One window row per output row: block 13's 1024 planes of 14x14 took 0.12 ms, 0.10
+/// this way, 0.035 in ONNX Runtime; one per output row of the whole plane made block 2's
+/// pooling slower, 0.37-0.40 -> 0.41-0.45 ms.)
 struct MaxPoolPlane<'a> {
     plane: &'a [f32],
     out_plane: &'a mut [f32],
     hw: [usize; 2],
     padding: [usize; 2],
     accumulate: bool,
-    window_row: &'a mut [f32],
+    window_rows: &'a mut [f32],
 }
 
 impl VectorKernel for MaxPoolPlane<'_> {
@@ -107,34 +122,42 @@ impl VectorKernel for MaxPoolPlane<'_> {
         let ([h, w], [top, left]) = (self.hw, self.padding);
         let (ho, wo) = (h.div_ceil(2), w.div_ceil(2));
         assert!(self.plane.len() >= h * w && self.out_plane.len() >= ho * wo, "max_pool_plane: plane too short");
-        assert!(left + w <= 2 * wo + 1 && self.window_row.len() >= 2 * wo + 2 * V::LANES, "max_pool_plane: window row too short");
-        let (source, out, window_row) = (self.plane.as_ptr(), self.out_plane.as_mut_ptr(), self.window_row.as_mut_ptr());
+        let row_len = window_row_len(wo);
+        assert!(left + w <= 2 * wo + 1 && self.window_rows.len() >= window_rows_len(ho, wo), "max_pool_plane: window rows too short");
+        let (source, out, window_rows) = (self.plane.as_ptr(), self.out_plane.as_mut_ptr(), self.window_rows.as_mut_ptr());
         // SAFETY: (all blocks below) the CPU has `V`'s instruction set (the caller's promise);
-        // plane and output accesses take `count` floats inside a row; the window row's stores
-        // stay inside `left..left + w` and its loads below `2 * (wo - 1) + 2 * LANES + 2`.
+        // plane and output accesses take `count` floats inside a row; a window row's stores
+        // stay inside `left..left + w` and its loads below `2 * (wo - 1) + 2 * LANES + 2 <=
+        // row_len`.
         unsafe {
-            for oh in 0..ho {
-                let first = (2 * oh).saturating_sub(top);
-                let last = (2 * oh + 3 - top).min(h);
-                for x in (0..w).step_by(V::LANES) {
-                    let count = V::LANES.min(w - x);
-                    let mut max = V::load_first(source.add(first * w + x), count);
-                    for row in first + 1..last {
-                        max = max.max(V::load_first(source.add(row * w + x), count));
+            for group in (0..ho).step_by(WINDOW_ROWS) {
+                let rows = group..(group + WINDOW_ROWS).min(ho);
+                for oh in rows.clone() {
+                    let first = (2 * oh).saturating_sub(top);
+                    let last = (2 * oh + 3 - top).min(h);
+                    let window_row = window_rows.add((oh - group) * row_len + left);
+                    for x in (0..w).step_by(V::LANES) {
+                        let count = V::LANES.min(w - x);
+                        let mut max = V::load_first(source.add(first * w + x), count);
+                        for row in first + 1..last {
+                            max = max.max(V::load_first(source.add(row * w + x), count));
+                        }
+                        max.store_first(window_row.add(x), count);
                     }
-                    max.store_first(window_row.add(left + x), count);
                 }
-                for x in (0..wo).step_by(V::LANES) {
-                    let count = V::LANES.min(wo - x);
-                    let at = window_row.add(2 * x) as *const f32;
-                    let (pairs, next_pairs) = (V::load(at), V::load(at.add(V::LANES)));
-                    let (thirds, next_thirds) = (V::load(at.add(2)), V::load(at.add(V::LANES + 2)));
-                    let mut max = pairs.evens(next_pairs).max(pairs.odds(next_pairs)).max(thirds.evens(next_thirds));
-                    let target = out.add(oh * wo + x);
-                    if self.accumulate {
-                        max = V::load_first(target, count).add(max);
+                for oh in rows {
+                    for x in (0..wo).step_by(V::LANES) {
+                        let count = V::LANES.min(wo - x);
+                        let at = window_rows.add((oh - group) * row_len + 2 * x) as *const f32;
+                        let (pairs, next_pairs) = (V::load(at), V::load(at.add(V::LANES)));
+                        let (thirds, next_thirds) = (V::load(at.add(2)), V::load(at.add(V::LANES + 2)));
+                        let mut max = pairs.evens(next_pairs).max(pairs.odds(next_pairs)).max(thirds.evens(next_thirds));
+                        let target = out.add(oh * wo + x);
+                        if self.accumulate {
+                            max = V::load_first(target, count).add(max);
+                        }
+                        max.store_first(target, count);
                     }
-                    max.store_first(target, count);
                 }
             }
         }
@@ -149,13 +172,14 @@ host_isa::isa_kernel! {
         hw: [usize; 2],
         padding: [usize; 2],
         accumulate: bool,
-        window_row: &mut [f32],
+        window_rows: &mut [f32],
     ) {
         let ([h, w], [top, left]) = (hw, padding);
         let wo = w.div_ceil(2);
         for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
             let first = (2 * oh).saturating_sub(top);
             let last = (2 * oh + 3 - top).min(h);
+            let window_row = &mut window_rows[..window_row_len(wo)];
             let column_max = &mut window_row[left..left + w];
             column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
             for row in first + 1..last {
@@ -246,19 +270,55 @@ pub(crate) fn depthwise_planes(
     let isa = host_isa::detected();
     plane_shares(output, h * w, input, h * w, |first, out_planes, planes| {
         let mut scratch = DepthwiseScratch::new(isa, [h, w]);
-        for (plane_index, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(h * w).zip(planes.chunks(h * w))) {
-            let channel = channel_of(plane_index);
-            let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
-            let b = bias.map(|bias| bias[channel]);
-            depthwise_plane(isa, plane, out_plane, [h, w], k, b, read, channel, &mut scratch);
-        }
+        let filters = Filters { weight, bias, channel_of: &channel_of };
+        depthwise_share(isa, planes, out_planes, [h, w], first, filters, read, &mut scratch);
     });
 }
 
-/// Scratch for [`depthwise_plane`], made for one instruction set and plane size.
+/// Where [`depthwise_share`] finds plane `p`'s filter: channel `channel_of(p)`'s 9 weights and
+/// bias.
+#[derive(Clone, Copy)]
+struct Filters<'a> {
+    weight: &'a [f32],
+    bias: Option<&'a [f32]>,
+    channel_of: &'a (dyn Fn(usize) -> usize + Sync),
+}
+
+impl Filters<'_> {
+    /// Plane `p`'s channel, 9 weights and bias.
+    fn of(&self, p: usize) -> (usize, [f32; 9], Option<f32>) {
+        let channel = (self.channel_of)(p);
+        (channel, std::array::from_fn(|i| self.weight[channel * 9 + i]), self.bias.map(|bias| bias[channel]))
+    }
+}
+
+/// [`depthwise_planes`] on one share: the planes of `planes` (the first being plane `first`)
+/// into those of `out_planes`, in `scratch` made for this `isa` and plane size.
+#[allow(clippy::too_many_arguments)]
+fn depthwise_share(
+    isa: VectorIsa,
+    planes: &[f32],
+    out_planes: &mut [f32],
+    hw: [usize; 2],
+    first: usize,
+    filters: Filters,
+    read: InputRead,
+    scratch: &mut DepthwiseScratch,
+) {
+    let kernel = DepthwiseShare { planes, out_planes, hw, first, filters, read, scratch };
+    if let Err(DepthwiseShare { planes, out_planes, scratch, .. }) = with_vectors(isa, kernel) {
+        let len = hw[0] * hw[1];
+        for (p, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(len.max(1)).zip(planes.chunks(len.max(1)))) {
+            let (channel, k, b) = filters.of(p);
+            depthwise_plane_shifted(isa, plane, out_plane, hw, k, b, read, channel, &mut scratch.values);
+        }
+    }
+}
+
+/// Scratch for [`depthwise_share`], made for one instruction set and plane size.
 pub(crate) struct DepthwiseScratch {
-    /// The AVX-512 kernel's plane with `w + 1` zeros before and `w + 17` after; the loops'
-    /// three shifted copies.
+    /// The AVX-512 kernel's two runs, each a plane with `w + 1` zeros before and `w + 17`
+    /// after; the loops' three shifted copies.
     values: Vec<f32>,
     /// Per vector of a plane (as one run), the lanes whose left and right neighbours are in the
     /// same row (bit `l` for lane `l`).
@@ -286,99 +346,123 @@ impl DepthwiseScratch {
             same_row.push(masks);
             column = (column + LANES) % w;
         }
-        Self { values: vec![0.0; h * w + 2 * (w + 1) + LANES], same_row }
+        Self { values: vec![0.0; 2 * (h * w + 2 * (w + 1) + LANES)], same_row }
     }
 }
 
-/// One plane (of channel `channel`) of [`depthwise_planes`] with filter `k` and bias `b`, in
-/// `scratch` made for this `isa` and plane size (and then left as the previous plane left it).
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    isa: VectorIsa,
-    plane: &[f32],
-    out_plane: &mut [f32],
+/// [`depthwise_share`] on explicit vectors, each plane taken as one run of `h * w` floats. A
+/// plane is read once (as `read` says) between `w + 1` zeros before and after, so tap
+/// `(dy, dx)` of output `p` is at `p + (dy - 1) * w + dx - 1` of that run: zero above and below
+/// the plane. The taps left and right of a row's ends would read the neighbouring row's ends
+/// instead, so those products are masked to zero (the `same_row` masks), which is what the zero
+/// padding's products add. Burn's order of additions; the last vector's lanes past the plane
+/// are not stored. Two runs alternate: the next plane is read before this one is filtered, so
+/// the filter's loads, which straddle the read's stores, find them done rather than waiting on
+/// store forwarding. (Against LLVM's loop over three shifted copies: no copies, no scalar
+/// tail.)
+struct DepthwiseShare<'a> {
+    planes: &'a [f32],
+    out_planes: &'a mut [f32],
     hw: [usize; 2],
-    k: [f32; 9],
-    b: Option<f32>,
-    read: InputRead,
-    channel: usize,
-    scratch: &mut DepthwiseScratch,
-) {
-    let kernel = DepthwisePlane { plane, out_plane, hw, k, b, read, channel, scratch };
-    if let Err(DepthwisePlane { plane, out_plane, scratch, .. }) = with_vectors(isa, kernel) {
-        depthwise_plane_shifted(isa, plane, out_plane, hw, k, b, read, channel, &mut scratch.values);
-    }
-}
-
-/// [`depthwise_plane`] on explicit vectors, the plane taken as one run of `h * w` floats. It
-/// is read once (as `read` says) between `w + 1` zeros before and after, so tap `(dy, dx)` of
-/// output `p` is at `p + (dy - 1) * w + dx - 1` of that run: zero above and below the plane.
-/// The taps left and right of a row's ends would read the neighbouring row's ends instead, so
-/// those products are masked to zero (the `same_row` masks), which is what the zero padding's
-/// products add. Burn's order of additions; the last vector's lanes past the plane are not
-/// stored. (Against LLVM's loop over three shifted copies: no copies, no scalar tail.)
-struct DepthwisePlane<'a> {
-    plane: &'a [f32],
-    out_plane: &'a mut [f32],
-    hw: [usize; 2],
-    k: [f32; 9],
-    b: Option<f32>,
+    first: usize,
+    filters: Filters<'a>,
     read: InputRead<'a>,
-    channel: usize,
     scratch: &'a mut DepthwiseScratch,
 }
 
-impl VectorKernel for DepthwisePlane<'_> {
+impl VectorKernel for DepthwiseShare<'_> {
     type Output = ();
 
     #[inline(always)]
     unsafe fn run<V: Vector>(self) {
         let [h, w] = self.hw;
         let (len, margin) = (h * w, w + 1);
-        assert!(self.plane.len() >= len && self.out_plane.len() >= len, "depthwise_plane: plane too short");
+        if len == 0 {
+            return;
+        }
+        let count = self.out_planes.len() / len;
+        assert!(self.planes.len() >= count * len, "depthwise_share: input too short");
         let DepthwiseScratch { values, same_row } = self.scratch;
-        assert!(values.len() >= len + 2 * margin + V::LANES && same_row.len() >= len.div_ceil(V::LANES), "depthwise_plane: scratch too short");
-        let (source, out) = (self.plane.as_ptr(), self.out_plane.as_mut_ptr());
-        let bias = self.read.bias.map(|bias| bias[self.channel]);
-        // SAFETY: (all blocks below) the CPU has `V`'s instruction set (the caller's promise);
-        // the plane and the output are accessed in `count` floats inside `len`; the run's
-        // loads stay between its start (`p = 0`, tap (0, 0)) and `len + 2 * margin + LANES - 1`
-        // (the last vector's tap (2, 2)), inside `values`.
+        let run_len = len + 2 * margin + V::LANES;
+        assert!(values.len() >= 2 * run_len && same_row.len() >= len.div_ceil(V::LANES), "depthwise_share: scratch too short");
+        let (source, out, runs) = (self.planes.as_ptr(), self.out_planes.as_mut_ptr(), values.as_mut_ptr());
+        let read = |p: usize| PlaneRead { bias: self.read.bias.map(|bias| bias[(self.filters.channel_of)(self.first + p)]), relu: self.read.relu };
+        // SAFETY: (all calls below) the CPU has `V`'s instruction set (the caller's promise);
+        // plane `p` of `count` lies at `p * len` of the input and the output; run `p % 2` at
+        // `(p % 2) * run_len + margin` of `values` has `margin` floats before and `margin +
+        // LANES` after it.
         unsafe {
-            let centre = values.as_mut_ptr().add(margin);
-            for p in (0..len).step_by(V::LANES) {
-                let count = V::LANES.min(len - p);
-                let mut value = V::load_first(source.add(p), count);
-                if let Some(bias) = bias {
-                    value = value.add(V::splat(bias));
+            read_plane::<V>(source, runs.add(margin), len, read(0));
+            for p in 0..count {
+                if p + 1 < count {
+                    read_plane::<V>(source.add((p + 1) * len), runs.add((p + 1) % 2 * run_len + margin), len, read(p + 1));
                 }
-                if self.read.relu {
-                    value = value.relu();
-                }
-                value.store_first(centre.add(p), count);
-            }
-            let k: [V; 9] = std::array::from_fn(|i| V::splat(self.k[i]));
-            let b = self.b.map(|b| V::splat(b));
-            let centre = centre as *const f32;
-            for (&[left, right], p) in same_row.iter().zip((0..len).step_by(V::LANES)) {
-                let mut sum = V::splat(0.0);
-                for dy in 0..3 {
-                    let row = centre.add(p + dy * w).sub(w);
-                    sum = sum.add(k[dy * 3].mul_where(V::load(row.sub(1)), left));
-                    sum = sum.add(k[dy * 3 + 1].mul(V::load(row)));
-                    sum = sum.add(k[dy * 3 + 2].mul_where(V::load(row.add(1)), right));
-                }
-                if let Some(b) = b {
-                    sum = sum.add(b);
-                }
-                sum.store_first(out.add(p), V::LANES.min(len - p));
+                let (_, k, b) = self.filters.of(self.first + p);
+                filter_plane::<V>(runs.add(p % 2 * run_len + margin), out.add(p * len), w, len, same_row, k, b);
             }
         }
     }
 }
 
+/// How [`read_plane`] reads values: plus `bias`, then `max(x, 0)` if `relu`.
+#[derive(Clone, Copy)]
+struct PlaneRead {
+    bias: Option<f32>,
+    relu: bool,
+}
+
+/// `len` floats from `source` into `target`, read as `read` says.
+///
+/// # Safety
+/// The CPU has `V`'s instruction set; `len` floats readable at `source`, writable at `target`.
+#[inline(always)]
+unsafe fn read_plane<V: Vector>(source: *const f32, target: *mut f32, len: usize, read: PlaneRead) {
+    // SAFETY: the caller's; `count` floats inside `len`.
+    unsafe {
+        for p in (0..len).step_by(V::LANES) {
+            let count = V::LANES.min(len - p);
+            let mut value = V::load_first(source.add(p), count);
+            if let Some(bias) = read.bias {
+                value = value.add(V::splat(bias));
+            }
+            if read.relu {
+                value = value.relu();
+            }
+            value.store_first(target.add(p), count);
+        }
+    }
+}
+
+/// The filtered plane of the run at `centre` into `out` (see [`DepthwiseShare`]).
+///
+/// # Safety
+/// The CPU has `V`'s instruction set; `centre` has `w + 1` readable floats before it and
+/// `len + w + 1 + LANES` from it; `len` floats writable at `out`; `same_row` covers the plane.
+#[inline(always)]
+unsafe fn filter_plane<V: Vector>(centre: *const f32, out: *mut f32, w: usize, len: usize, same_row: &[[u32; 2]], k: [f32; 9], b: Option<f32>) {
+    // SAFETY: the caller's: the taps of output `p` read `p - w - 1 ..= p + w + 1 + LANES - 1`.
+    unsafe {
+        let k: [V; 9] = std::array::from_fn(|i| V::splat(k[i]));
+        let b = b.map(|b| V::splat(b));
+        for (&[left, right], p) in same_row.iter().zip((0..len).step_by(V::LANES)) {
+            let mut sum = V::splat(0.0);
+            for dy in 0..3 {
+                let row = centre.add(p + dy * w).sub(w);
+                sum = sum.add(k[dy * 3].mul_where(V::load(row.sub(1)), left));
+                sum = sum.add(k[dy * 3 + 1].mul(V::load(row)));
+                sum = sum.add(k[dy * 3 + 2].mul_where(V::load(row.add(1)), right));
+            }
+            if let Some(b) = b {
+                sum = sum.add(b);
+            }
+            sum.store_first(out.add(p), V::LANES.min(len - p));
+        }
+    }
+}
+
 host_isa::isa_kernel! {
-    /// [`depthwise_plane`] by LLVM's vectorised loops: `copies` holds three runs of
+    /// One plane (of channel `channel`) of [`depthwise_share`] with filter `k` and bias `b`, by
+    /// LLVM's vectorised loops: `copies` holds three runs of
     /// `h * w + 2 * (w + 1)` floats whose first and last `w + 1` are zero (and stay so).
     #[allow(clippy::too_many_arguments)]
     fn depthwise_plane_shifted(
@@ -428,10 +512,10 @@ mod tests {
     use crate::backend::host_isa::supported;
 
     /// One output plane in Burn's order, `((0 + k00 x00) + k01 x01) + ... + k22 x22` (plus `b`),
-    /// with zeros outside the plane, of the input read as `read` says.
-    fn padded_sum(plane: &[f32], [h, w]: [usize; 2], k: [f32; 9], b: Option<f32>, read: InputRead) -> Vec<f32> {
+    /// with zeros outside the plane, of the input (of channel `channel`) read as `read` says.
+    fn padded_sum(plane: &[f32], [h, w]: [usize; 2], k: [f32; 9], b: Option<f32>, read: InputRead, channel: usize) -> Vec<f32> {
         let mut input = vec![0.0f32; h * w];
-        read.copy(0, plane.iter(), &mut input);
+        read.copy(channel, plane.iter(), &mut input);
         let at = |y: isize, x: isize| if y < 0 || x < 0 || y >= h as isize || x >= w as isize { 0.0 } else { input[y as usize * w + x as usize] };
         let mut out = Vec::with_capacity(h * w);
         for y in 0..h as isize {
@@ -454,29 +538,40 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// Both kernels (AVX-512's masked run, the loops' three shifted copies) give the
+    /// Both kernels (AVX-512's masked runs, the loops' three shifted copies) give the
     /// zero-padded sum's bits on every instruction set, for planes down to one pixel wide or
-    /// high, reused buffers included.
+    /// high, several planes of different channels per share, reused buffers included.
     #[test]
-    fn depthwise_plane_gives_the_padded_sums_bits_on_every_instruction_set() {
-        let k: [f32; 9] = std::array::from_fn(|i| (i as f32 - 3.7) / 5.0);
-        let bias = [0.25f32];
+    fn depthwise_share_gives_the_padded_sums_bits_on_every_instruction_set() {
+        const CHANNELS: usize = 3;
+        let weight: Vec<f32> = (0..9 * CHANNELS).map(|i| (i as f32 - 3.7) / 5.0).collect();
+        let biases = [0.25f32, -0.5, 1.0];
+        let channel_of = |p: usize| (p + 1) % CHANNELS;
         for [h, w] in [[1, 1], [1, 6], [6, 1], [2, 3], [7, 7], [14, 14], [5, 17]] {
+            let len = h * w;
             for isa in supported() {
                 let mut scratch = DepthwiseScratch::new(isa, [h, w]);
-                for (seed, (b, read)) in [
+                for (seed, (bias, read)) in [
                     (None, InputRead::default()),
-                    (Some(-0.5), InputRead { bias: None, relu: true }),
-                    (None, InputRead { bias: Some(&bias), relu: true }),
-                    (Some(0.125), InputRead { bias: Some(&bias), relu: false }),
+                    (Some(&biases[..]), InputRead { bias: None, relu: true }),
+                    (None, InputRead { bias: Some(&biases), relu: true }),
+                    (Some(&biases[..]), InputRead { bias: Some(&biases), relu: false }),
                 ]
                 .into_iter()
                 .enumerate()
                 {
-                    let plane = values(h * w, seed);
-                    let mut out = vec![f32::NAN; h * w];
-                    depthwise_plane(isa, &plane, &mut out, [h, w], k, b, read, 0, &mut scratch);
-                    assert_eq!(bits(&out), bits(&padded_sum(&plane, [h, w], k, b, read)), "{isa:?} {h}x{w} case {seed}");
+                    for (first, planes) in [(0, 1), (2, 4)] {
+                        let input = values(planes * len, seed + planes);
+                        let mut out = vec![f32::NAN; planes * len];
+                        let filters = Filters { weight: &weight, bias, channel_of: &channel_of };
+                        depthwise_share(isa, &input, &mut out, [h, w], first, filters, read, &mut scratch);
+                        for (p, (plane, out_plane)) in (first..).zip(input.chunks(len).zip(out.chunks(len))) {
+                            let channel = channel_of(p);
+                            let k: [f32; 9] = std::array::from_fn(|i| weight[channel * 9 + i]);
+                            let expected = padded_sum(plane, [h, w], k, bias.map(|bias| bias[channel]), read, channel);
+                            assert_eq!(bits(out_plane), bits(&expected), "{isa:?} {h}x{w} case {seed} plane {p}");
+                        }
+                    }
                 }
             }
         }
@@ -487,7 +582,7 @@ mod tests {
     /// on rows shorter and longer than a vector.
     #[test]
     fn max_pool_plane_is_the_window_maximum_on_every_instruction_set() {
-        for ([h, w], nan) in [([1, 1], false), ([2, 5], true), ([7, 7], false), ([14, 13], true), ([5, 40], true), ([3, 109], false)] {
+        for ([h, w], nan) in [([1, 1], false), ([2, 5], true), ([7, 7], false), ([14, 13], true), ([5, 40], true), ([3, 109], false), ([20, 9], true)] {
             let mut plane = values(h * w, h + w);
             if nan {
                 plane[w + 1] = f32::NAN;
@@ -508,11 +603,11 @@ mod tests {
             let expected: Vec<f32> = (0..ho * wo).map(|i| window_max(i / wo, i % wo)).collect();
             for isa in supported() {
                 let mut out = vec![0.0f32; ho * wo];
-                let mut window_row = vec![f32::NEG_INFINITY; window_row_len(wo)];
-                max_pool_plane(isa, &plane, &mut out, [h, w], [top, left], false, &mut window_row);
+                let mut window_rows = vec![f32::NEG_INFINITY; window_rows_len(ho, wo)];
+                max_pool_plane(isa, &plane, &mut out, [h, w], [top, left], false, &mut window_rows);
                 assert_eq!(bits(&out), bits(&expected), "{isa:?} {h}x{w}");
                 let mut sums = vec![0.5f32; ho * wo];
-                max_pool_plane(isa, &plane, &mut sums, [h, w], [top, left], true, &mut window_row);
+                max_pool_plane(isa, &plane, &mut sums, [h, w], [top, left], true, &mut window_rows);
                 assert_eq!(bits(&sums), bits(&expected.iter().map(|max| 0.5 + max).collect::<Vec<f32>>()), "{isa:?} {h}x{w} added");
             }
             assert_eq!(max_pool_3x3_stride2_same(&plane, dims).0, expected);
