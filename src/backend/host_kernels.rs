@@ -386,16 +386,16 @@ impl VectorKernel for DepthwiseShare<'_> {
         let run_len = len + 2 * margin + V::LANES;
         assert!(values.len() >= 2 * run_len && same_row.len() >= len.div_ceil(V::LANES), "depthwise_share: scratch too short");
         let (source, out, runs) = (self.planes.as_ptr(), self.out_planes.as_mut_ptr(), values.as_mut_ptr());
-        let read = |p: usize| PlaneRead { bias: self.read.bias.map(|bias| bias[(self.filters.channel_of)(self.first + p)]), relu: self.read.relu };
+        let channel = |p: usize| (self.filters.channel_of)(self.first + p);
         // SAFETY: (all calls below) the CPU has `V`'s instruction set (the caller's promise);
         // plane `p` of `count` lies at `p * len` of the input and the output; run `p % 2` at
         // `(p % 2) * run_len + margin` of `values` has `margin` floats before and `margin +
         // LANES` after it.
         unsafe {
-            read_plane::<V>(source, runs.add(margin), len, read(0));
+            read_plane::<V>(source, runs.add(margin), len, self.read, channel(0));
             for p in 0..count {
                 if p + 1 < count {
-                    read_plane::<V>(source.add((p + 1) * len), runs.add((p + 1) % 2 * run_len + margin), len, read(p + 1));
+                    read_plane::<V>(source.add((p + 1) * len), runs.add((p + 1) % 2 * run_len + margin), len, self.read, channel(p + 1));
                 }
                 let (_, k, b) = self.filters.of(self.first + p);
                 filter_plane::<V>(runs.add(p % 2 * run_len + margin), out.add(p * len), w, len, same_row, k, b);
@@ -404,25 +404,19 @@ impl VectorKernel for DepthwiseShare<'_> {
     }
 }
 
-/// How [`read_plane`] reads values: plus `bias`, then `max(x, 0)` if `relu`.
-#[derive(Clone, Copy)]
-struct PlaneRead {
-    bias: Option<f32>,
-    relu: bool,
-}
-
-/// `len` floats from `source` into `target`, read as `read` says.
+/// `len` floats (of channel `channel`) from `source` into `target`, read as `read` says.
 ///
 /// # Safety
 /// The CPU has `V`'s instruction set; `len` floats readable at `source`, writable at `target`.
 #[inline(always)]
-unsafe fn read_plane<V: Vector>(source: *const f32, target: *mut f32, len: usize, read: PlaneRead) {
+unsafe fn read_plane<V: Vector>(source: *const f32, target: *mut f32, len: usize, read: InputRead, channel: usize) {
+    let bias = read.bias.map(|bias| bias[channel]);
     // SAFETY: the caller's; `count` floats inside `len`.
     unsafe {
         for p in (0..len).step_by(V::LANES) {
             let count = V::LANES.min(len - p);
             let mut value = V::load_first(source.add(p), count);
-            if let Some(bias) = read.bias {
+            if let Some(bias) = bias {
                 value = value.add(V::splat(bias));
             }
             if read.relu {
@@ -462,8 +456,8 @@ unsafe fn filter_plane<V: Vector>(centre: *const f32, out: *mut f32, w: usize, l
 
 host_isa::isa_kernel! {
     /// One plane (of channel `channel`) of [`depthwise_share`] with filter `k` and bias `b`, by
-    /// LLVM's vectorised loops: `copies` holds three runs of
-    /// `h * w + 2 * (w + 1)` floats whose first and last `w + 1` are zero (and stay so).
+    /// LLVM's vectorised loops: `copies` holds three runs of `h * w + 2 * (w + 1)` floats whose
+    /// first and last `w + 1` are zero (and stay so).
     #[allow(clippy::too_many_arguments)]
     fn depthwise_plane_shifted(
         plane: &[f32],

@@ -556,8 +556,9 @@ fn conv3x3(
             let planes = slot(columns, in_channels * h * w + host_conv::INPUT_TAIL);
             timed(|| layer_name(name), "read", 0.0, || {
                 // In bands of rows, one per thread, as the convolution's output rows are split:
-                // each thread then mostly reads what it wrote (at two threads, reading in
-                // channel shares made the stem's second convolution 1.5 -> 2.3-2.7 ms).
+                // each thread then mostly reads what it wrote (two threads, batch 1, medians of
+                // 5 runs: the stem's second convolution 2.57 ms read in channel shares, 2.19 in
+                // bands).
                 let band = h.div_ceil(rayon::current_num_threads()).max(1);
                 let targets = SendPtr(planes.as_mut_ptr());
                 (0..h.div_ceil(band)).into_par_iter().for_each(|part| {
