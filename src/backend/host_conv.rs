@@ -8,10 +8,13 @@
 //!
 //! Each call of the kernel sums, for up to 6 output channels and 4 vectors of one output row,
 //! the 9 x `in_channels` products in registers and writes them once; the inputs are read at
-//! the nine shifted positions straight from the planes. Lanes past the row's end read the
-//! next row (or the buffer's zero tail) and are never stored. (4 channels by 4 vectors: 3.5-3.6
-//! ms; 6 by 4: 3.1. An AVX2 copy, 3 channels by 4 vectors of 8, ran at 62-65 GFLOP/s on that
-//! machine's AVX2 against im2col and `gemm`'s 104-108, so AVX2 keeps im2col.)
+//! the nine shifted positions straight from the planes, the weights from a copy packed per
+//! call in blocks of 6 channels. Lanes past the row's end read the next row (or the buffer's
+//! zero tail) and are never stored. (4 channels by 4 vectors: 3.5-3.6 ms; 6 by 4: 3.1, then
+//! 2.7-2.9 once each step loads its inputs first and broadcasts one weight at a time: LLVM had
+//! hoisted the weights of all nine taps and spilled them. An AVX2 copy, 3 channels by 4
+//! vectors of 8, ran at 62-65 GFLOP/s on that machine's AVX2 against im2col and `gemm`'s
+//! 104-108, so AVX2 keeps im2col.)
 
 use rayon::prelude::*;
 
@@ -70,20 +73,37 @@ pub(crate) fn conv3x3_valid(
         return;
     }
     assert!(output.len() >= (out_channels - 1) * out_stride + ho * wo, "conv3x3_valid: output too short");
+    // Weights in blocks of `CHANNELS` output channels (the last padded with zeros), each
+    // block's `in_channels * 9` taps in a row and the block's channels side by side, so one
+    // step of the kernel broadcasts consecutive floats.
+    let blocks = out_channels.div_ceil(CHANNELS);
+    let depth = in_channels * 9;
+    let mut packed = vec![0.0f32; blocks * depth * CHANNELS];
+    for (o, row) in weight.chunks(depth).take(out_channels).enumerate() {
+        let block = &mut packed[o / CHANNELS * depth * CHANNELS..][..depth * CHANNELS];
+        for (i, &value) in row.iter().enumerate() {
+            block[i * CHANNELS + o % CHANNELS] = value;
+        }
+    }
+    let offsets: Vec<usize> = (0..depth).map(|i| i / 9 * h * w + taps[i % 9]).collect();
     let out = SendPtr(output.as_mut_ptr());
     let band = ho.div_ceil(rayon::current_num_threads()).max(1);
     (0..ho.div_ceil(band)).into_par_iter().for_each(|part| {
         let rows = part * band..((part + 1) * band).min(ho);
-        let geometry = Geometry { plane: h * w, taps, in_channels, first_channel: 0, channels: in_channels, weight_stride: in_channels * 9, out_stride };
+        let geometry = Geometry { offsets: &offsets, first_channel: 0, channels: in_channels, out_stride };
         for y in rows {
             // SAFETY: the asserts above bound every read (a vector of the last output row reads
             // at most `4 * 16 - 1` floats past the end of the last input row it uses, inside the
-            // tail) and every write (row `y` of each channel, `wo` floats); the bands write
-            // disjoint rows.
-            unsafe { output_row(input.as_ptr().add(stride * y * w), weight.as_ptr(), out.at(y * wo), out_channels, wo, geometry) };
+            // tail) and every write (row `y` of each channel, `wo` floats); `packed` holds every
+            // block; the bands write disjoint rows.
+            unsafe { output_row(input.as_ptr().add(stride * y * w), &packed, out.at(y * wo), out_channels, wo, geometry) };
         }
     });
 }
+
+/// Output channels per call of the kernel: 6 channels by 4 vectors are 24 sums in registers,
+/// with the 4 input vectors and one broadcast weight 29 of AVX-512's 32.
+const CHANNELS: usize = 6;
 
 /// Input channels summed per pass over an output row: the stem's second convolution reads
 /// 32 channels by 3 rows of 111 floats (42.6 KB) per output row, which with the weights
@@ -91,46 +111,45 @@ pub(crate) fn conv3x3_valid(
 /// back exactly, so the bits do not change).
 const INPUT_CHANNEL_CHUNK: usize = 16;
 
-/// Strides of one [`conv3x3_valid`] call, and the input channels of one pass.
+/// Offsets of one [`conv3x3_valid`] call, and the input channels of one pass.
 #[derive(Clone, Copy)]
-struct Geometry {
-    plane: usize,
-    /// Offsets of the nine taps from an output row's first input.
-    taps: [usize; 9],
-    in_channels: usize,
+struct Geometry<'a> {
+    /// Where tap `i % 9` of input channel `i / 9` lies from an output row's first input.
+    offsets: &'a [usize],
     /// The first input channel of this pass: from 0 the sums start at zero, else at the
     /// outputs' values.
     first_channel: usize,
     /// Input channels in this pass.
     channels: usize,
-    weight_stride: usize,
     out_stride: usize,
 }
 
-/// One output row of every channel, in blocks of 6 channels by up to 4 vectors (the last
-/// channels and columns in smaller blocks).
+/// One output row of every channel, in blocks of [`CHANNELS`] channels by up to 4 vectors
+/// (the last channels and columns in smaller blocks), from the weights packed by
+/// [`conv3x3_valid`].
 ///
 /// # Safety
 /// As [`conv3x3_valid`]'s asserts: `input` at the row's first input, `out` at the row's first
 /// output of channel 0, and AVX-512 [`available`].
-unsafe fn output_row(input: *const f32, weight: *const f32, out: *mut f32, out_channels: usize, wo: usize, g: Geometry) {
+unsafe fn output_row(input: *const f32, packed: &[f32], out: *mut f32, out_channels: usize, wo: usize, g: Geometry) {
     const LANES: usize = 16;
-    const CHANNELS: usize = 6;
-    for first_channel in (0..g.in_channels).step_by(INPUT_CHANNEL_CHUNK) {
-        let g = Geometry { first_channel, channels: INPUT_CHANNEL_CHUNK.min(g.in_channels - first_channel), ..g };
+    let in_channels = g.offsets.len() / 9;
+    for first_channel in (0..in_channels).step_by(INPUT_CHANNEL_CHUNK) {
+        let g = Geometry { first_channel, channels: INPUT_CHANNEL_CHUNK.min(in_channels - first_channel), ..g };
         let mut o = 0;
         while o < out_channels {
             let oc = CHANNELS.min(out_channels - o);
+            let weights = &packed[o * g.offsets.len()..][..g.offsets.len() * CHANNELS];
             let mut x = 0;
             while x < wo {
                 let len = (4 * LANES).min(wo - x);
                 // SAFETY: the caller's bounds, at channel `o` and column `x`.
                 unsafe {
-                    let (input, weight, out) = (input.add(x), weight.add(o * g.weight_stride), out.add(o * g.out_stride + x));
+                    let (input, out) = (input.add(x), out.add(o * g.out_stride + x));
                     #[cfg(target_arch = "x86_64")]
-                    avx512::dispatch(oc, len.div_ceil(LANES), input, weight, out, len, g);
+                    avx512::dispatch(oc, len.div_ceil(LANES), input, weights, out, len, g);
                     #[cfg(not(target_arch = "x86_64"))]
-                    let _ = (input, weight, out);
+                    let _ = (input, weights, out);
                 }
                 x += len;
             }
@@ -161,14 +180,14 @@ mod avx512 {
     ///
     /// # Safety
     /// As [`super::output_row`].
-    pub(super) unsafe fn dispatch(oc: usize, nv: usize, input: *const f32, weight: *const f32, out: *mut f32, len: usize, g: Geometry) {
+    pub(super) unsafe fn dispatch(oc: usize, nv: usize, input: *const f32, weights: &[f32], out: *mut f32, len: usize, g: Geometry) {
         macro_rules! by_vectors {
             ($oc:literal) => {
                 match nv {
-                    1 => unsafe { block::<$oc, 1>(input, weight, out, len, g) },
-                    2 => unsafe { block::<$oc, 2>(input, weight, out, len, g) },
-                    3 => unsafe { block::<$oc, 3>(input, weight, out, len, g) },
-                    _ => unsafe { block::<$oc, 4>(input, weight, out, len, g) },
+                    1 => unsafe { block::<$oc, 1>(input, weights, out, len, g) },
+                    2 => unsafe { block::<$oc, 2>(input, weights, out, len, g) },
+                    3 => unsafe { block::<$oc, 3>(input, weights, out, len, g) },
+                    _ => unsafe { block::<$oc, 4>(input, weights, out, len, g) },
                 }
             };
         }
@@ -182,12 +201,14 @@ mod avx512 {
         }
     }
 
-    /// `OC` channels by `NV` vectors of one output row, `len` of its outputs stored.
+    /// `OC` channels by `NV` vectors of one output row, `len` of its outputs stored: each step
+    /// (one tap of one input channel) loads the `NV` input vectors, then broadcasts the
+    /// channels' weights one at a time, so the sums, inputs and one weight fit in registers.
     ///
     /// # Safety
-    /// As [`dispatch`]; the CPU has AVX-512F.
+    /// As [`dispatch`]; `weights` is one packed block; the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    unsafe fn block<const OC: usize, const NV: usize>(input: *const f32, weight: *const f32, out: *mut f32, len: usize, g: Geometry) {
+    unsafe fn block<const OC: usize, const NV: usize>(input: *const f32, weights: &[f32], out: *mut f32, len: usize, g: Geometry) {
         let mut sums = [[_mm512_setzero_ps(); NV]; OC];
         if g.first_channel > 0 {
             for (o, row) in sums.iter_mut().enumerate() {
@@ -198,21 +219,15 @@ mod avx512 {
                 }
             }
         }
-        for c in g.first_channel..g.first_channel + g.channels {
-            for ky in 0..3 {
-                for kx in 0..3 {
-                    let tap = c * 9 + ky * 3 + kx;
-                    // SAFETY: the caller's bounds.
-                    unsafe {
-                        let source = input.add(c * g.plane + g.taps[ky * 3 + kx]);
-                        let weights: [__m512; OC] = std::array::from_fn(|o| _mm512_set1_ps(*weight.add(o * g.weight_stride + tap)));
-                        for v in 0..NV {
-                            let x = _mm512_loadu_ps(source.add(v * LANES));
-                            for o in 0..OC {
-                                sums[o][v] = _mm512_fmadd_ps(weights[o], x, sums[o][v]);
-                            }
-                        }
-                    }
+        let steps = g.first_channel * 9..(g.first_channel + g.channels) * 9;
+        let step_weights = weights[steps.start * super::CHANNELS..steps.end * super::CHANNELS].chunks_exact(super::CHANNELS);
+        for (&offset, step_weights) in g.offsets[steps].iter().zip(step_weights) {
+            // SAFETY: the caller's bounds.
+            let x: [__m512; NV] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(input.add(offset + v * LANES)) });
+            for (o, row) in sums.iter_mut().enumerate() {
+                let weight = _mm512_set1_ps(step_weights[o]);
+                for (sum, &x) in row.iter_mut().zip(&x) {
+                    *sum = _mm512_fmadd_ps(weight, x, *sum);
                 }
             }
         }
