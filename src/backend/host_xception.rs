@@ -530,10 +530,10 @@ fn pointwise_product(x: &[f32], columns: usize, conv: &ConvWeights, output: &mut
 
 /// A valid 3x3 convolution with `stride` of the planes of `input` (plane of channel `ci` and
 /// image `i` at `plane(ci, i)`, each `h x w`), read as `read` says, into `output` (`[out, n * ho
-/// * wo]`, without the bias, which is left to the readers): on a CPU with AVX-512, each
-/// image's planes are read into `columns` (at stride 2 with each row's even columns first) and
-/// convolved directly ([`host_conv::conv3x3_valid`]); otherwise im2col in chunks of output
-/// rows, each multiplied into its columns of `output`.
+/// * wo]`, without the bias, which is left to the readers): on a CPU with AVX-512 or AVX2 and
+/// FMA, each image's planes are read into `columns` (at stride 2 with each row's even columns
+/// first) and convolved directly ([`host_conv::conv3x3_valid`]); otherwise im2col in chunks of
+/// output rows, each multiplied into its columns of `output`.
 #[allow(clippy::too_many_arguments)]
 fn conv3x3(
     name: LayerName,
