@@ -14,9 +14,10 @@
 //! first and broadcasts one weight at a time, so the sums, inputs and one weight fit in
 //! registers: written with all six weights broadcast first, LLVM hoisted the weights of all
 //! nine taps and spilled them (AVX-512, block1_conv2: 3.5-3.8 ms that way, 2.7-2.9 now), and an
-//! AVX2 copy of that form (3 channels by 4 vectors) ran at 62-65 GFLOP/s on the AMD machine.
-//! Now, capped at AVX2 on the Intel machine (`ADCORRE_HOST_ISA=avx2`, `gemm` without AVX-512),
-//! the stem's second convolution takes 4.1-4.2 ms against 7.8 for im2col and `gemm`.
+//! AVX2 copy of that form (3 channels by 4 vectors) ran at 62-65 GFLOP/s on the Intel machine
+//! under `ADCORRE_HOST_ISA=avx2`. Now, capped at AVX2 there (with `gemm` built without its
+//! AVX-512 kernels), the stem's second convolution takes 4.1-4.2 ms against 7.8 for im2col and
+//! `gemm`.
 
 use rayon::prelude::*;
 
