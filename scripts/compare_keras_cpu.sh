@@ -13,6 +13,8 @@
 # ROUNDS=N (N > 1) then also runs N interleaved rounds of ONNX Runtime, the host pass and the
 # baseline and prints their medians and ratios: single runs of a shared VM swing by 10-20%.
 # Last (before the rounds), the host pass and ONNX Runtime on one core each.
+# HIDE_AVX512=1 runs every measured command through scripts/hide_avx512.sh: on an AVX-512 CPU
+# with CPUID faulting, all peers then choose their AVX2 kernels, as on an AVX2-only machine.
 #
 # Needs: pip install tensorflow-cpu tf-keras tf2onnx onnxruntime (development machine only; CI does
 # not run this); PYTHON names that environment's python (default python3). The ONNX file is
@@ -25,6 +27,11 @@ model=$shared/fixtures/keras/adcorre_xcp7.h5
 
 python=${PYTHON:-python3}
 if grep -qw avx512f /proc/cpuinfo; then isa="AVX-512"; elif grep -qw avx2 /proc/cpuinfo; then isa="AVX2"; else isa="no AVX2"; fi
+hide=()
+if [ "${HIDE_AVX512:-0}" = 1 ] && [ "$isa" = "AVX-512" ]; then
+    hide=(scripts/hide_avx512.sh)
+    isa="AVX2 (AVX-512 hidden from every peer by scripts/hide_avx512.sh)"
+fi
 echo "CPU: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(nproc) cores, instruction set $isa"
 
 cargo build --release --bin adcorre ${1:-} >/dev/null
@@ -33,9 +40,9 @@ if [ ! -s "$onnx" ]; then
     mkdir -p target/peers
     TF_USE_LEGACY_KERAS=1 "$python" "$shared/bench/keras_to_onnx.py" "$model" "$onnx" 2>/dev/null | grep dprob
 fi
-tf_out=$(TF_USE_LEGACY_KERAS=1 "$python" "$shared/bench/keras_cpu_bench.py" "$model" 2>/dev/null)
+tf_out=$(TF_USE_LEGACY_KERAS=1 "${hide[@]}" "$python" "$shared/bench/keras_cpu_bench.py" "$model" 2>/dev/null)
 echo "$tf_out"
-ort_out=$("$python" "$shared/bench/ort_bench.py" "$onnx" 10)
+ort_out=$("${hide[@]}" "$python" "$shared/bench/ort_bench.py" "$onnx" 10)
 echo "$ort_out"
 report() {
     python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
@@ -50,7 +57,7 @@ for batch in 1 8; do
     tf_s=$(echo "$tf_out" | sed -n "s/.*bs=$batch hw=224 median=\([0-9.]*\)s.*/\1/p")
     ort_s=$(echo "$ort_out" | sed -n "s/.*bs=$batch hw=224 median=\([0-9.]*\)s.*/\1/p")
     if [ -n "${BASELINE_BIN:-}" ]; then
-        report "$("$BASELINE_BIN" bench --model "$model" --batch "$batch" --iters 5 --json)" \
+        report "$("${hide[@]}" "$BASELINE_BIN" bench --model "$model" --batch "$batch" --iters 5 --json)" \
             "$tf_s" "$ort_s" "$batch" "baseline $(basename "$BASELINE_BIN")"
     fi
     for variant in "--no-fold --burn-ops" "--burn-ops" ""; do
@@ -60,7 +67,7 @@ for batch in 1 8; do
             *) label="host pass (TestModels)" ;;
         esac
         # shellcheck disable=SC2086
-        report "$(./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json $variant)" \
+        report "$("${hide[@]}" ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json $variant)" \
             "$tf_s" "$ort_s" "$batch" "adcorre $label"
     done
     if [ "$isa" = "AVX-512" ]; then
@@ -73,7 +80,7 @@ done
 
 # One core each (rayon's pool and ONNX Runtime's intra-op threads at 1): whether a gap is each
 # core's speed or the split of the work across the cores.
-ort_one_core=$("$python" - "$onnx" <<'PY'
+ort_one_core=$("${hide[@]}" "$python" - "$onnx" <<'PY'
 import sys, time, numpy as np, onnxruntime as ort
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -94,17 +101,17 @@ PY
 )
 for batch in 1 8; do
     ort_ms=$(echo "$ort_one_core" | sed -n "s/^$batch \([0-9.]*\)$/\1/p")
-    ms=$(RAYON_NUM_THREADS=1 ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
+    ms=$(RAYON_NUM_THREADS=1 "${hide[@]}" ./target/release/adcorre bench --model "$model" --batch "$batch" --iters 5 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
     python3 -c "import sys; ms, ort = float(sys.argv[1]), float(sys.argv[2]); print(f'batch $batch, one core each: adcorre host pass {ms:.1f} ms/image; ONNX Runtime {ort:.1f}, ratio {ms / ort:.2f}')" "$ms" "$ort_ms"
 done
 
 if [ "${ROUNDS:-1}" -gt 1 ]; then
     rounds_out=$(mktemp)
     for _ in $(seq "$ROUNDS"); do
-        "$python" "$shared/bench/ort_bench.py" "$onnx" 10 | sed -n 's/.*bs=\([0-9]*\) .*ms_per_image=\([0-9.]*\).*/ONNX_Runtime \1 \2/p'
+        "${hide[@]}" "$python" "$shared/bench/ort_bench.py" "$onnx" 10 | sed -n 's/.*bs=\([0-9]*\) .*ms_per_image=\([0-9.]*\).*/ONNX_Runtime \1 \2/p'
         for batch in 1 8; do
             for bin in ./target/release/adcorre ${BASELINE_BIN:-}; do
-                ms=$("$bin" bench --model "$model" --batch "$batch" --iters 7 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
+                ms=$("${hide[@]}" "$bin" bench --model "$model" --batch "$batch" --iters 7 --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ms_per_image"])')
                 echo "$(basename "$bin") $batch $ms"
             done
         done
