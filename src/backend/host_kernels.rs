@@ -93,7 +93,7 @@ fn max_pool_plane(
 ) {
     let kernel = MaxPoolPlane { plane, out_plane, hw, padding, accumulate, window_rows };
     if let Err(MaxPoolPlane { plane, out_plane, window_rows, .. }) = with_vectors(isa, kernel) {
-        max_pool_plane_loop(isa, plane, out_plane, hw, padding, accumulate, window_rows);
+        max_pool_plane_loop(plane, out_plane, hw, padding, accumulate, window_rows);
     }
 }
 
@@ -164,35 +164,33 @@ impl VectorKernel for MaxPoolPlane<'_> {
     }
 }
 
-host_isa::isa_kernel! {
-    /// [`max_pool_plane`] by LLVM's vectorised loops.
-    fn max_pool_plane_loop(
-        plane: &[f32],
-        out_plane: &mut [f32],
-        hw: [usize; 2],
-        padding: [usize; 2],
-        accumulate: bool,
-        window_rows: &mut [f32],
-    ) {
-        let ([h, w], [top, left]) = (hw, padding);
-        let wo = w.div_ceil(2);
-        for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
-            let first = (2 * oh).saturating_sub(top);
-            let last = (2 * oh + 3 - top).min(h);
-            let window_row = &mut window_rows[..window_row_len(wo)];
-            let column_max = &mut window_row[left..left + w];
-            column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
-            for row in first + 1..last {
-                for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
-                    *m = m.max(v);
-                }
+/// [`max_pool_plane`] as plain loops, for a CPU without AVX2.
+fn max_pool_plane_loop(
+    plane: &[f32],
+    out_plane: &mut [f32],
+    hw: [usize; 2],
+    padding: [usize; 2],
+    accumulate: bool,
+    window_rows: &mut [f32],
+) {
+    let ([h, w], [top, left]) = (hw, padding);
+    let wo = w.div_ceil(2);
+    for (oh, out_row) in out_plane.chunks_mut(wo).enumerate() {
+        let first = (2 * oh).saturating_sub(top);
+        let last = (2 * oh + 3 - top).min(h);
+        let window_row = &mut window_rows[..window_row_len(wo)];
+        let column_max = &mut window_row[left..left + w];
+        column_max.copy_from_slice(&plane[first * w..(first + 1) * w]);
+        for row in first + 1..last {
+            for (m, &v) in column_max.iter_mut().zip(&plane[row * w..(row + 1) * w]) {
+                *m = m.max(v);
             }
-            let pairs = window_row.chunks_exact(2);
-            let thirds = window_row[2..].iter().step_by(2);
-            for ((out, pair), &third) in out_row.iter_mut().zip(pairs).zip(thirds) {
-                let max = pair[0].max(pair[1]).max(third);
-                *out = if accumulate { *out + max } else { max };
-            }
+        }
+        let pairs = window_row.chunks_exact(2);
+        let thirds = window_row[2..].iter().step_by(2);
+        for ((out, pair), &third) in out_row.iter_mut().zip(pairs).zip(thirds) {
+            let max = pair[0].max(pair[1]).max(third);
+            *out = if accumulate { *out + max } else { max };
         }
     }
 }
@@ -310,15 +308,15 @@ fn depthwise_share(
         let len = hw[0] * hw[1];
         for (p, (out_plane, plane)) in (first..).zip(out_planes.chunks_mut(len.max(1)).zip(planes.chunks(len.max(1)))) {
             let (channel, k, b) = filters.of(p);
-            depthwise_plane_shifted(isa, plane, out_plane, hw, k, b, read, channel, &mut scratch.values);
+            depthwise_plane_shifted(plane, out_plane, hw, k, b, read, channel, &mut scratch.values);
         }
     }
 }
 
 /// Scratch for [`depthwise_share`], made for one instruction set and plane size.
 pub(crate) struct DepthwiseScratch {
-    /// The AVX-512 kernel's two runs, each a plane with `w + 1` zeros before and `w + 17`
-    /// after; the loops' three shifted copies.
+    /// The vector kernel's two runs, each a plane with `w + 1` zeros before and `w + 1` plus a
+    /// vector after; the loops' three shifted copies.
     values: Vec<f32>,
     /// Per vector of a plane (as one run), the lanes whose left and right neighbours are in the
     /// same row (bit `l` for lane `l`).
@@ -328,25 +326,28 @@ pub(crate) struct DepthwiseScratch {
 impl DepthwiseScratch {
     /// Zeroed scratch for planes of `h x w` on `isa`.
     fn new(isa: VectorIsa, [h, w]: [usize; 2]) -> Self {
-        if isa != VectorIsa::Avx512 {
-            return Self { values: vec![0.0; 3 * (h * w + 2 * (w + 1))], same_row: Vec::new() };
-        }
-        const LANES: usize = 16;
-        let mut same_row = Vec::with_capacity((h * w).div_ceil(LANES));
+        let lanes = match isa {
+            VectorIsa::Avx512 => 16,
+            VectorIsa::Avx2 => 8,
+            VectorIsa::Baseline => return Self { values: vec![0.0; 3 * (h * w + 2 * (w + 1))], same_row: Vec::new() },
+        };
+        let mut same_row = Vec::with_capacity((h * w).div_ceil(lanes));
         // The column of each vector's first lane; the lanes at column 0 and at column `w - 1`
         // lose their left and right neighbours.
         let mut column = 0;
-        for _ in (0..h * w).step_by(LANES) {
-            let mut masks = [u32::MAX >> (32 - LANES); 2];
+        for _ in (0..h * w).step_by(lanes) {
+            let mut masks = [u32::MAX >> (32 - lanes); 2];
             for (mask, first_lane) in masks.iter_mut().zip([(w - column) % w, w - 1 - column]) {
-                for lane in (first_lane..LANES).step_by(w) {
+                for lane in (first_lane..lanes).step_by(w) {
                     *mask &= !(1 << lane);
                 }
             }
             same_row.push(masks);
-            column = (column + LANES) % w;
+            column = (column + lanes) % w;
         }
-        Self { values: vec![0.0; 2 * (h * w + 2 * (w + 1) + LANES)], same_row }
+        // Room for the loops' three copies as well, should the kernel hand the share back.
+        let values = (2 * (h * w + 2 * (w + 1) + lanes)).max(3 * (h * w + 2 * (w + 1)));
+        Self { values: vec![0.0; values], same_row }
     }
 }
 
@@ -454,49 +455,47 @@ unsafe fn filter_plane<V: Vector>(centre: *const f32, out: *mut f32, w: usize, l
     }
 }
 
-host_isa::isa_kernel! {
-    /// One plane (of channel `channel`) of [`depthwise_share`] with filter `k` and bias `b`, by
-    /// LLVM's vectorised loops: `copies` holds three runs of `h * w + 2 * (w + 1)` floats whose
-    /// first and last `w + 1` are zero (and stay so).
-    #[allow(clippy::too_many_arguments)]
-    fn depthwise_plane_shifted(
-        plane: &[f32],
-        out_plane: &mut [f32],
-        hw: [usize; 2],
-        k: [f32; 9],
-        b: Option<f32>,
-        read: InputRead,
-        channel: usize,
-        copies: &mut [f32],
-    ) {
-        let [h, w] = hw;
-        let (len, margin) = (h * w, w + 1);
-        let (left, rest) = copies.split_at_mut(len + 2 * margin);
-        let (centre, right) = rest.split_at_mut(len + 2 * margin);
-        read.copy(channel, plane.iter(), &mut centre[margin..margin + len]);
-        left[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
-        right[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
-        for r in 0..h {
-            left[margin + r * w + w - 1] = 0.0;
-            right[margin + r * w] = 0.0;
+/// One plane (of channel `channel`) of [`depthwise_share`] with filter `k` and bias `b`, as
+/// plain loops for a CPU without AVX2: `copies` holds three runs of `h * w + 2 * (w + 1)`
+/// floats whose first and last `w + 1` are zero (and stay so).
+#[allow(clippy::too_many_arguments)]
+fn depthwise_plane_shifted(
+    plane: &[f32],
+    out_plane: &mut [f32],
+    hw: [usize; 2],
+    k: [f32; 9],
+    b: Option<f32>,
+    read: InputRead,
+    channel: usize,
+    copies: &mut [f32],
+) {
+    let [h, w] = hw;
+    let (len, margin) = (h * w, w + 1);
+    let (left, rest) = copies.split_at_mut(len + 2 * margin);
+    let (centre, right) = rest.split_at_mut(len + 2 * margin);
+    read.copy(channel, plane.iter(), &mut centre[margin..margin + len]);
+    left[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
+    right[margin..margin + len].copy_from_slice(&centre[margin..margin + len]);
+    for r in 0..h {
+        left[margin + r * w + w - 1] = 0.0;
+        right[margin + r * w] = 0.0;
+    }
+    // Output `p` reads tap (dy, dx) at `p + dy * w + dx` of its copy.
+    let taps: [&[f32]; 9] = [
+        &left[..len], &centre[1..][..len], &right[2..][..len],
+        &left[w..][..len], &centre[w + 1..][..len], &right[w + 2..][..len],
+        &left[2 * w..][..len], &centre[2 * w + 1..][..len], &right[2 * w + 2..][..len],
+    ];
+    let out_plane = &mut out_plane[..len];
+    for (p, out) in out_plane.iter_mut().enumerate() {
+        let mut acc = 0.0f32;
+        for (tap, &weight) in taps.iter().zip(&k) {
+            acc += weight * tap[p];
         }
-        // Output `p` reads tap (dy, dx) at `p + dy * w + dx` of its copy.
-        let taps: [&[f32]; 9] = [
-            &left[..len], &centre[1..][..len], &right[2..][..len],
-            &left[w..][..len], &centre[w + 1..][..len], &right[w + 2..][..len],
-            &left[2 * w..][..len], &centre[2 * w + 1..][..len], &right[2 * w + 2..][..len],
-        ];
-        let out_plane = &mut out_plane[..len];
-        for (p, out) in out_plane.iter_mut().enumerate() {
-            let mut acc = 0.0f32;
-            for (tap, &weight) in taps.iter().zip(&k) {
-                acc += weight * tap[p];
-            }
-            *out = match b {
-                Some(b) => acc + b,
-                None => acc,
-            };
-        }
+        *out = match b {
+            Some(b) => acc + b,
+            None => acc,
+        };
     }
 }
 
@@ -532,7 +531,7 @@ mod tests {
         values.iter().map(|v| v.to_bits()).collect()
     }
 
-    /// Both kernels (AVX-512's masked runs, the loops' three shifted copies) give the
+    /// Both kernels (the vectors' masked runs, the loops' three shifted copies) give the
     /// zero-padded sum's bits on every instruction set, for planes down to one pixel wide or
     /// high, several planes of different channels per share, reused buffers included.
     #[test]
