@@ -232,11 +232,18 @@ mod kernels {
         }
         #[inline(always)]
         unsafe fn load_first(source: *const f32, count: usize) -> Self {
-            unsafe { _mm256_maskload_ps(source, mask8(count)) }
+            unsafe { if count >= 8 { _mm256_loadu_ps(source) } else { _mm256_maskload_ps(source, mask8(count)) } }
         }
         #[inline(always)]
         unsafe fn store_first(self, target: *mut f32, count: usize) {
-            unsafe { _mm256_maskstore_ps(target, mask8(count), self) }
+            // Masked only for a partial vector (`vmaskmovps` stores are slow on Zen 4).
+            unsafe {
+                if count >= 8 {
+                    _mm256_storeu_ps(target, self)
+                } else {
+                    _mm256_maskstore_ps(target, mask8(count), self)
+                }
+            }
         }
         #[inline(always)]
         unsafe fn fma(self, x: Self, sum: Self) -> Self {
