@@ -12,6 +12,9 @@ use super::host_isa::VectorIsa;
 pub(crate) trait Vector: Copy {
     /// Floats per vector.
     const LANES: usize;
+    /// Whether [`Vector::mul_where`] costs no more than [`Vector::mul`] (AVX-512's masked
+    /// multiply); on AVX2 it takes four more instructions.
+    const FREE_MASKED_PRODUCTS: bool;
     /// Every lane `value`.
     ///
     /// # Safety
@@ -130,6 +133,7 @@ mod x86 {
 
     impl Vector for Avx2 {
         const LANES: usize = 8;
+        const FREE_MASKED_PRODUCTS: bool = false;
         #[inline(always)]
         unsafe fn splat(value: f32) -> Self {
             Self(unsafe { _mm256_set1_ps(value) })
@@ -207,6 +211,7 @@ mod x86 {
 
     impl Vector for Avx512 {
         const LANES: usize = 16;
+        const FREE_MASKED_PRODUCTS: bool = true;
         #[inline(always)]
         unsafe fn splat(value: f32) -> Self {
             Self(unsafe { _mm512_set1_ps(value) })
