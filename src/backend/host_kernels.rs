@@ -367,7 +367,7 @@ impl DepthwiseScratch {
 /// a zero after each row instead ([`read_rows`], [`filter_rows`]), which no tap crosses, so no
 /// product is masked. On Zen 4 with AVX-512 hidden, one thread, batch 1: the depthwise layers
 /// 5.3-5.5 -> 3.9-4.0 ms in all, a middle-flow layer 0.093-0.10 -> 0.070 (ONNX Runtime 3.0 and
-/// 0.06). With AVX-512 the same took 3.9-3.9 ms against 3.9-4.2 masked: kept masked there.
+/// 0.06). With AVX-512 the same took 3.93-3.94 ms against 3.88-4.15 masked: kept masked there.
 struct DepthwiseShare<'a> {
     planes: &'a [f32],
     out_planes: &'a mut [f32],
