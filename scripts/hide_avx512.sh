@@ -4,7 +4,9 @@
 # through Linux's CPUID faulting), so the gemm crate, adcorre's own loops, ONNX Runtime and
 # TensorFlow all choose their AVX2 kernels; glibc's own string functions are capped by its
 # tunables. On Zen 4, whose AVX-512 runs at the AVX2 FMA rate, this is close to an AVX2-only
-# machine of the same core. Needs gcc and a CPU whose /proc/cpuinfo lists cpuid_fault.
+# machine of the same core. Needs gcc and a CPU whose /proc/cpuinfo lists cpuid_fault. A program
+# that installs its own SIGSEGV handler and then executes CPUID is not covered (it would crash);
+# Python, ONNX Runtime, TensorFlow, Rust binaries and cargo test have run under it.
 # Usage: scripts/hide_avx512.sh COMMAND [ARGS...]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
