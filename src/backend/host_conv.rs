@@ -169,6 +169,7 @@ unsafe fn output_row(input: *const f32, packed: &[f32], out: *mut f32, out_chann
 
 #[cfg(target_arch = "x86_64")]
 mod kernels {
+    use super::super::host_simd::avx2_partial;
     use super::{Geometry, VectorIsa, CHANNELS};
     use std::arch::x86_64::*;
 
@@ -232,31 +233,16 @@ mod kernels {
         }
         #[inline(always)]
         unsafe fn load_first(source: *const f32, count: usize) -> Self {
-            unsafe { if count >= 8 { _mm256_loadu_ps(source) } else { _mm256_maskload_ps(source, mask8(count)) } }
+            unsafe { avx2_partial::load_first(source, count) }
         }
         #[inline(always)]
         unsafe fn store_first(self, target: *mut f32, count: usize) {
-            // Masked only for a partial vector (`vmaskmovps` stores are slow on Zen 4).
-            unsafe {
-                if count >= 8 {
-                    _mm256_storeu_ps(target, self)
-                } else {
-                    _mm256_maskstore_ps(target, mask8(count), self)
-                }
-            }
+            unsafe { avx2_partial::store_first(target, count, self) }
         }
         #[inline(always)]
         unsafe fn fma(self, x: Self, sum: Self) -> Self {
             unsafe { _mm256_fmadd_ps(self, x, sum) }
         }
-    }
-
-    /// The first `count` of 8 lanes (all for 8 or more), as the sign bits AVX2's masked loads
-    /// and stores read.
-    #[inline(always)]
-    unsafe fn mask8(count: usize) -> __m256i {
-        let count = count.min(8) as i32;
-        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(count), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
     }
 
     /// Runs [`block`] for `oc` channels (1 to 6) and `nv` vectors (1 to 4 of AVX-512, 1 to 2

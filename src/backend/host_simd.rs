@@ -112,6 +112,45 @@ pub(crate) fn with_vectors<K: VectorKernel>(isa: VectorIsa, kernel: K) -> Result
     Err(kernel)
 }
 
+/// AVX2's loads and stores of the first `count` floats (all for 8 or more), shared by
+/// [`Vector`]'s AVX2 vectors and the direct convolution's: masked only for a partial vector,
+/// since `vmaskmovps` stores are slow on AMD's cores (on Zen 4 full vectors stored that way
+/// made the depthwise convolution twice as slow).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2_partial {
+    use std::arch::x86_64::*;
+
+    /// The first `count` of 8 lanes as the sign bits AVX2's masked loads and stores read.
+    #[inline(always)]
+    unsafe fn first8(count: usize) -> __m256i {
+        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(count.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
+    }
+
+    /// The first `count` floats from `source`, zeros in the other lanes, which are not read.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `count.min(8)` floats readable at `source`.
+    #[inline(always)]
+    pub(crate) unsafe fn load_first(source: *const f32, count: usize) -> __m256 {
+        unsafe { if count >= 8 { _mm256_loadu_ps(source) } else { _mm256_maskload_ps(source, first8(count)) } }
+    }
+
+    /// Stores the first `count` lanes of `value` at `target`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `count.min(8)` floats writable at `target`.
+    #[inline(always)]
+    pub(crate) unsafe fn store_first(target: *mut f32, count: usize, value: __m256) {
+        unsafe {
+            if count >= 8 {
+                _mm256_storeu_ps(target, value)
+            } else {
+                _mm256_maskstore_ps(target, first8(count), value)
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::Vector;
@@ -124,12 +163,6 @@ mod x86 {
     /// 8 floats (AVX2).
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
-
-    /// The first `count` of 8 lanes as the sign bits AVX2's masked loads and stores read.
-    #[inline(always)]
-    unsafe fn first8(count: usize) -> __m256i {
-        unsafe { _mm256_cmpgt_epi32(_mm256_set1_epi32(count.min(8) as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)) }
-    }
 
     impl Vector for Avx2 {
         const LANES: usize = 8;
@@ -146,20 +179,12 @@ mod x86 {
         #[inline(always)]
         unsafe fn load_first(source: *const f32, count: usize) -> Self {
             // SAFETY: the caller's; masked-off lanes are not read.
-            Self(unsafe { if count >= 8 { _mm256_loadu_ps(source) } else { _mm256_maskload_ps(source, first8(count)) } })
+            Self(unsafe { super::avx2_partial::load_first(source, count) })
         }
         #[inline(always)]
         unsafe fn store_first(self, target: *mut f32, count: usize) {
-            // A masked store only for a partial vector: on Zen 4 a full one as `vmaskmovps` made
-            // the depthwise convolution twice as slow.
             // SAFETY: the caller's; masked-off lanes are not written.
-            unsafe {
-                if count >= 8 {
-                    _mm256_storeu_ps(target, self.0)
-                } else {
-                    _mm256_maskstore_ps(target, first8(count), self.0)
-                }
-            }
+            unsafe { super::avx2_partial::store_first(target, count, self.0) }
         }
         #[inline(always)]
         unsafe fn add(self, other: Self) -> Self {
